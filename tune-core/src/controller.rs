@@ -1,0 +1,956 @@
+//! The controller: a deterministic state machine with no I/O and no clock of its own.
+//!
+//! `Controller::handle(event, now) -> Vec<Command>` is the whole interface. Runners, the store
+//! and the CLI are adapters around it: they turn what happens into [`Event`]s and carry out the
+//! [`Command`]s. Because it is pure, the same events in the same order always give the same
+//! commands and the same state — which is what makes resume exact: the store logs every event
+//! the controller handled, and a resumed sweep replays them through a fresh controller (with a
+//! fresh searcher and scheduler) before it carries on.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::scheduler::Scheduler;
+use crate::searcher::{Searcher, Suggestion, TrialResult};
+use crate::trial::{Decision, EndReason, Mode, Report, TrialId, TrialStatus};
+use crate::value::Config;
+
+/// The settings the controller enforces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControllerConfig {
+    /// The metric to optimise.
+    pub metric: String,
+    /// Whether to minimise or maximise it.
+    pub mode: Mode,
+    /// How many trials to create at most (`None`: until another condition ends the sweep).
+    pub max_trials: Option<u64>,
+    /// How many trials run at once.
+    pub max_concurrent: usize,
+    /// End the sweep once this much time has passed.
+    pub time_budget: Option<Duration>,
+    /// End the sweep once a trial's metric reaches this value.
+    pub target: Option<f64>,
+    /// Retries per trial after a failure, each from its last checkpoint.
+    pub max_failures: u32,
+    /// End the sweep once this many trials have errored.
+    pub max_failed_trials: Option<u64>,
+    /// Keep this many best checkpoints per trial (plus the most recent); `None` keeps all.
+    pub checkpoint_keep: Option<usize>,
+}
+
+/// Something that happened, fed to [`Controller::handle`]. Events are what the store logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The sweep starts: fill the free slots.
+    Start,
+    /// A trial reported a result, possibly with a checkpoint already moved to `checkpoint`.
+    Reported {
+        /// The trial.
+        trial: TrialId,
+        /// The result.
+        report: Report,
+        /// Where the checkpoint taken at this step now lives, if one was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checkpoint: Option<String>,
+    },
+    /// A trial's process (or closure) ended.
+    Exited {
+        /// The trial.
+        trial: TrialId,
+        /// How it ended.
+        outcome: Outcome,
+    },
+    /// Time passed; lets the time budget end the sweep. Logged only when it changed something.
+    Tick,
+    /// The sweep resumes after its controller stopped: relaunch what was running.
+    Resume,
+    /// Run this many trials at once from now on.
+    SetMaxConcurrent {
+        /// The new limit.
+        max_concurrent: usize,
+    },
+    /// End the sweep now: running trials end as `sweep_ended`.
+    StopSweep,
+}
+
+/// How a trial's run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Exit code 0 / the closure returned `Ok`.
+    Success,
+    /// Anything else, with a reason a person can read.
+    Failed {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A checkpoint of a trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    /// The step it was taken at.
+    pub step: u64,
+    /// Where it lives.
+    pub path: String,
+}
+
+/// Start (or restart) a trial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    /// The trial.
+    pub trial: TrialId,
+    /// Its configuration.
+    pub config: Config,
+    /// The checkpoint to restore from, if any.
+    pub restore: Option<CheckpointRef>,
+    /// How many times it was launched before (0 for the first launch).
+    pub attempt: u32,
+}
+
+/// What the controller asks its adapters to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Start a trial.
+    Launch(Launch),
+    /// Answer a trial's report (sent only after the report is committed).
+    Respond {
+        /// The trial.
+        trial: TrialId,
+        /// The step of the report answered.
+        step: u64,
+        /// The decision.
+        decision: Decision,
+    },
+    /// Terminate a trial that is not waiting for an answer (the sweep is ending).
+    Stop {
+        /// The trial.
+        trial: TrialId,
+    },
+    /// Delete a checkpoint that the keep policy no longer keeps (after the commit).
+    DeleteCheckpoint {
+        /// The trial.
+        trial: TrialId,
+        /// Where it lives.
+        path: String,
+    },
+    /// Write this to the store, in the same transaction as the event.
+    Persist(Record),
+    /// The sweep is over.
+    Finished(Summary),
+}
+
+/// A row of the store's derived tables.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A trial's current state.
+    Trial(TrialRow),
+    /// A report.
+    Report {
+        /// The trial.
+        trial: TrialId,
+        /// The report.
+        report: Report,
+    },
+    /// A checkpoint was taken.
+    Checkpoint {
+        /// The trial.
+        trial: TrialId,
+        /// Step and location.
+        checkpoint: CheckpointRef,
+        /// The metric at that step.
+        value: Option<f64>,
+    },
+    /// A checkpoint was deleted by the keep policy.
+    CheckpointDeleted {
+        /// The trial.
+        trial: TrialId,
+        /// Where it lived.
+        path: String,
+    },
+    /// The sweep ended.
+    ExperimentFinished {
+        /// Why.
+        cause: EndCause,
+    },
+}
+
+/// A trial as the store's `trials` table holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialRow {
+    /// The trial.
+    pub id: TrialId,
+    /// Its status.
+    pub status: TrialStatus,
+    /// Its configuration.
+    pub config: Config,
+    /// Failed runs so far.
+    pub failures: u32,
+    /// Launches so far, relaunches after failures and resumes included.
+    pub launches: u32,
+    /// Its last report.
+    pub last: Option<Report>,
+    /// Its best value of the metric and the step it was reported at.
+    pub best: Option<(f64, u64)>,
+    /// Why it errored.
+    pub error: Option<String>,
+}
+
+/// Why the sweep ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndCause {
+    /// Every trial of `num_samples` ran.
+    AllTrialsDone,
+    /// The searcher had nothing more to propose.
+    SearcherExhausted,
+    /// The time budget was spent.
+    TimeBudget,
+    /// A trial reached the target.
+    TargetReached,
+    /// Too many trials errored.
+    TooManyFailures,
+    /// Someone asked the sweep to stop.
+    StoppedByUser,
+    /// The searcher failed.
+    SearcherFailed,
+}
+
+impl EndCause {
+    /// A short name for displays and the store.
+    pub fn label(self) -> &'static str {
+        match self {
+            EndCause::AllTrialsDone => "all_trials_done",
+            EndCause::SearcherExhausted => "searcher_exhausted",
+            EndCause::TimeBudget => "time_budget",
+            EndCause::TargetReached => "target_reached",
+            EndCause::TooManyFailures => "too_many_failures",
+            EndCause::StoppedByUser => "stopped_by_user",
+            EndCause::SearcherFailed => "searcher_failed",
+        }
+    }
+}
+
+/// Trial counts by status and the best result so far.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    /// Trials created.
+    pub created: u64,
+    /// Trials pending.
+    pub pending: u64,
+    /// Trials running.
+    pub running: u64,
+    /// Trials paused.
+    pub paused: u64,
+    /// Trials that ran to their end.
+    pub completed: u64,
+    /// Trials the scheduler stopped.
+    pub stopped: u64,
+    /// Trials ended with the sweep.
+    pub sweep_ended: u64,
+    /// Trials that errored.
+    pub errored: u64,
+    /// The best value of the metric so far, its trial and step.
+    pub best: Option<(TrialId, f64, u64)>,
+    /// The trial budget (`None`: unbounded).
+    pub max_trials: Option<u64>,
+}
+
+impl Progress {
+    fn count(&mut self, status: TrialStatus) -> &mut u64 {
+        match status {
+            TrialStatus::Pending => &mut self.pending,
+            TrialStatus::Running => &mut self.running,
+            TrialStatus::Paused => &mut self.paused,
+            TrialStatus::Terminated(EndReason::Completed) => &mut self.completed,
+            TrialStatus::Terminated(EndReason::StoppedEarly) => &mut self.stopped,
+            TrialStatus::Terminated(EndReason::SweepEnded) => &mut self.sweep_ended,
+            TrialStatus::Errored => &mut self.errored,
+        }
+    }
+
+    /// Trials that have ended for good.
+    pub fn done(&self) -> u64 {
+        self.completed + self.stopped + self.sweep_ended + self.errored
+    }
+}
+
+/// How the sweep ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Why it ended.
+    pub cause: EndCause,
+    /// The counts at the end.
+    pub progress: Progress,
+    /// The searcher's error, when it failed.
+    pub error: Option<String>,
+}
+
+struct TrialState {
+    status: TrialStatus,
+    config: Config,
+    /// Whether a process (or closure) of this trial holds a slot.
+    alive: bool,
+    failures: u32,
+    launches: u32,
+    last: Option<Report>,
+    best: Option<(f64, u64)>,
+    has_metric: bool,
+    /// Metric names it reported, remembered only until it reports the sweep's metric.
+    other_metrics: BTreeSet<String>,
+    checkpoints: Vec<(CheckpointRef, Option<f64>)>,
+    error: Option<String>,
+}
+
+/// The sans-IO controller. See the module documentation.
+pub struct Controller {
+    config: ControllerConfig,
+    searcher: Box<dyn Searcher>,
+    scheduler: Box<dyn Scheduler>,
+    trials: Vec<TrialState>,
+    alive: BTreeSet<TrialId>,
+    paused: BTreeSet<TrialId>,
+    progress: Progress,
+    searcher_done: bool,
+    ending: Option<EndCause>,
+    searcher_error: Option<String>,
+    finished: bool,
+    warned_pause_without_checkpoint: bool,
+}
+
+impl Controller {
+    /// A controller with a fresh searcher and scheduler.
+    pub fn new(config: ControllerConfig, searcher: Box<dyn Searcher>, scheduler: Box<dyn Scheduler>) -> Self {
+        let progress = Progress { max_trials: config.max_trials, ..Progress::default() };
+        Controller {
+            config,
+            searcher,
+            scheduler,
+            trials: Vec::new(),
+            alive: BTreeSet::new(),
+            paused: BTreeSet::new(),
+            progress,
+            searcher_done: false,
+            ending: None,
+            searcher_error: None,
+            finished: false,
+            warned_pause_without_checkpoint: false,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
+    /// Counts and best so far.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// Whether the sweep is over.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The status of a trial.
+    pub fn status(&self, trial: TrialId) -> Option<TrialStatus> {
+        self.state(trial).map(|state| state.status)
+    }
+
+    /// Trials holding a slot.
+    pub fn alive(&self) -> impl Iterator<Item = TrialId> + '_ {
+        self.alive.iter().copied()
+    }
+
+    /// Whether a scheduler asked to pause a trial that had no checkpoint (it was stopped instead).
+    pub fn paused_without_checkpoint(&self) -> bool {
+        self.warned_pause_without_checkpoint
+    }
+
+    fn index(&self, trial: TrialId) -> Option<usize> {
+        let index = usize::try_from(trial.0.checked_sub(1)?).ok()?;
+        (index < self.trials.len()).then_some(index)
+    }
+
+    fn state(&self, trial: TrialId) -> Option<&TrialState> {
+        self.index(trial).map(|index| &self.trials[index])
+    }
+
+    fn state_mut(&mut self, trial: TrialId) -> Option<&mut TrialState> {
+        self.index(trial).map(|index| &mut self.trials[index])
+    }
+
+    /// Handles one event at time `now` (time since the sweep first started).
+    pub fn handle(&mut self, event: &Event, now: Duration) -> Vec<Command> {
+        let mut commands = Vec::new();
+        if self.finished {
+            if let Event::Reported { trial, report, .. } = event {
+                commands.push(Command::Respond { trial: *trial, step: report.step, decision: Decision::Stop });
+            }
+            return commands;
+        }
+        if let Some(budget) = self.config.time_budget
+            && now >= budget
+        {
+            self.begin_end(EndCause::TimeBudget, &mut commands);
+        }
+        match event {
+            Event::Start => {}
+            Event::Resume => self.resume(&mut commands),
+            Event::Reported { trial, report, checkpoint } => self.on_report(*trial, report, checkpoint.as_deref(), &mut commands),
+            Event::Exited { trial, outcome } => self.on_exit(*trial, outcome, &mut commands),
+            Event::Tick => {}
+            Event::SetMaxConcurrent { max_concurrent } => self.config.max_concurrent = (*max_concurrent).max(1),
+            Event::StopSweep => self.begin_end(EndCause::StoppedByUser, &mut commands),
+        }
+        self.fill(&mut commands);
+        self.maybe_finish(&mut commands);
+        commands
+    }
+
+    fn set_status(&mut self, trial: TrialId, next: TrialStatus) {
+        let state = self.state_mut(trial).expect("status of a known trial");
+        let previous = state.status;
+        debug_assert!(previous.can_become(next), "illegal transition of {trial}: {previous:?} -> {next:?}");
+        state.status = next;
+        *self.progress.count(previous) -= 1;
+        *self.progress.count(next) += 1;
+        match next {
+            TrialStatus::Paused => {
+                self.paused.insert(trial);
+            }
+            _ => {
+                self.paused.remove(&trial);
+            }
+        }
+    }
+
+    fn row(&self, trial: TrialId) -> Record {
+        let state = self.state(trial).expect("row of a known trial");
+        Record::Trial(TrialRow {
+            id: trial,
+            status: state.status,
+            config: state.config.clone(),
+            failures: state.failures,
+            launches: state.launches,
+            last: state.last.clone(),
+            best: state.best,
+            error: state.error.clone(),
+        })
+    }
+
+    fn launch(&mut self, trial: TrialId, commands: &mut Vec<Command>) {
+        let state = self.state_mut(trial).expect("launch of a known trial");
+        let restore = state.checkpoints.last().map(|(checkpoint, _)| checkpoint.clone());
+        let attempt = state.launches;
+        state.launches += 1;
+        state.alive = true;
+        let config = state.config.clone();
+        if state.status != TrialStatus::Running {
+            self.set_status(trial, TrialStatus::Running);
+        }
+        self.alive.insert(trial);
+        commands.push(Command::Persist(self.row(trial)));
+        commands.push(Command::Launch(Launch { trial, config, restore, attempt }));
+    }
+
+    /// Ends a trial for good and tells the searcher and scheduler.
+    fn finish_trial(&mut self, trial: TrialId, status: TrialStatus, error: Option<String>, commands: &mut Vec<Command>) {
+        self.set_status(trial, status);
+        let index = self.index(trial).expect("finish of a known trial");
+        self.trials[index].error = error;
+        let state = &self.trials[index];
+        self.searcher.on_trial_complete(
+            trial,
+            &TrialResult { config: &state.config, last: state.last.as_ref(), failed: status == TrialStatus::Errored },
+        );
+        self.scheduler.on_trial_remove(trial);
+        if status == TrialStatus::Errored {
+            if let Some(limit) = self.config.max_failed_trials
+                && self.progress.errored >= limit
+            {
+                self.begin_end(EndCause::TooManyFailures, commands);
+            }
+        }
+        commands.push(Command::Persist(self.row(trial)));
+    }
+
+    fn resume(&mut self, commands: &mut Vec<Command>) {
+        let was_alive: Vec<TrialId> = self.alive.iter().copied().collect();
+        for trial in was_alive {
+            let status = self.status(trial).expect("alive trials are known");
+            self.alive.remove(&trial);
+            self.state_mut(trial).expect("known").alive = false;
+            // A trial that was running when the controller stopped restarts from its last
+            // checkpoint; that is not one of its failures.
+            if status == TrialStatus::Running && self.ending.is_none() {
+                self.launch(trial, commands);
+            }
+        }
+    }
+
+    fn on_report(&mut self, trial: TrialId, report: &Report, checkpoint: Option<&str>, commands: &mut Vec<Command>) {
+        let respond = |decision| Command::Respond { trial, step: report.step, decision };
+        let Some(index) = self.index(trial) else {
+            commands.push(respond(Decision::Stop));
+            return;
+        };
+        let state = &mut self.trials[index];
+        if state.status != TrialStatus::Running {
+            commands.push(respond(Decision::Stop));
+            return;
+        }
+        // Reports are idempotent per (trial, step): a trial restarted from a checkpoint repeats
+        // steps that were already committed; the first value stands.
+        if state.last.as_ref().is_some_and(|last| report.step <= last.step) {
+            commands.push(respond(Decision::Continue));
+            return;
+        }
+        let metric = &self.config.metric;
+        let value = report.metrics.get(metric).copied();
+        match value {
+            Some(value) => {
+                state.has_metric = true;
+                state.other_metrics.clear();
+                if state.best.is_none_or(|(best, _)| self.config.mode.is_better(value, best) || best.is_nan()) {
+                    state.best = Some((value, report.step));
+                }
+            }
+            None if !state.has_metric => state.other_metrics.extend(report.metrics.keys().cloned()),
+            None => {}
+        }
+        state.last = Some(report.clone());
+        commands.push(Command::Persist(Record::Report { trial, report: report.clone() }));
+        if let Some(path) = checkpoint {
+            let checkpoint = CheckpointRef { step: report.step, path: path.to_owned() };
+            state.checkpoints.push((checkpoint.clone(), value));
+            commands.push(Command::Persist(Record::Checkpoint { trial, checkpoint, value }));
+            self.apply_keep_policy(trial, commands);
+        }
+        if let Some(value) = value
+            && self.progress.best.is_none_or(|(_, best, _)| self.config.mode.is_better(value, best))
+            && !value.is_nan()
+        {
+            self.progress.best = Some((trial, value, report.step));
+        }
+        self.searcher.on_trial_result(trial, report);
+
+        if let (Some(value), Some(target)) = (value, self.config.target)
+            && self.config.mode.reaches(value, target)
+        {
+            commands.push(Command::Persist(self.row(trial)));
+            commands.push(respond(Decision::Stop));
+            self.begin_end(EndCause::TargetReached, commands);
+            return;
+        }
+        let decision = match value {
+            Some(value) => self.scheduler.on_result(trial, report, Some(value)),
+            None => Decision::Continue,
+        };
+        let decision = match decision {
+            Decision::Pause if self.state(trial).is_some_and(|s| s.checkpoints.is_empty()) => {
+                // Never leave a trial paused with no way back.
+                self.warned_pause_without_checkpoint = true;
+                Decision::Stop
+            }
+            other => other,
+        };
+        match decision {
+            Decision::Continue => commands.push(Command::Persist(self.row(trial))),
+            Decision::Stop => self.finish_trial(trial, TrialStatus::Terminated(EndReason::StoppedEarly), None, commands),
+            Decision::Pause => {
+                self.set_status(trial, TrialStatus::Paused);
+                commands.push(Command::Persist(self.row(trial)));
+            }
+        }
+        commands.push(respond(decision));
+    }
+
+    fn apply_keep_policy(&mut self, trial: TrialId, commands: &mut Vec<Command>) {
+        let Some(keep) = self.config.checkpoint_keep else { return };
+        let mode = self.config.mode;
+        let state = self.state_mut(trial).expect("known trial");
+        let latest = state.checkpoints.len() - 1;
+        let mut ranked: Vec<usize> = (0..latest).collect();
+        let score = |index: usize, checkpoints: &[(CheckpointRef, Option<f64>)]| checkpoints[index].1.map_or(f64::NEG_INFINITY, |v| mode.score(v));
+        // Best first; among equals the newer first.
+        ranked.sort_by(|&a, &b| score(b, &state.checkpoints).total_cmp(&score(a, &state.checkpoints)).then(b.cmp(&a)));
+        let latest_in_top = score(latest, &state.checkpoints) >= ranked.get(keep.saturating_sub(1)).map_or(f64::NEG_INFINITY, |&i| score(i, &state.checkpoints));
+        let others_kept = if latest_in_top { keep.saturating_sub(1) } else { keep };
+        let mut doomed: Vec<usize> = ranked.into_iter().skip(others_kept).collect();
+        doomed.sort_unstable_by(|a, b| b.cmp(a));
+        for index in doomed {
+            let (checkpoint, _) = state.checkpoints.remove(index);
+            commands.push(Command::Persist(Record::CheckpointDeleted { trial, path: checkpoint.path.clone() }));
+            commands.push(Command::DeleteCheckpoint { trial, path: checkpoint.path });
+        }
+    }
+
+    fn on_exit(&mut self, trial: TrialId, outcome: &Outcome, commands: &mut Vec<Command>) {
+        let Some(index) = self.index(trial) else { return };
+        let state = &mut self.trials[index];
+        if !state.alive {
+            return;
+        }
+        state.alive = false;
+        self.alive.remove(&trial);
+        let state = &mut self.trials[index];
+        let status = state.status;
+        if status != TrialStatus::Running {
+            return; // stopped, paused or ended with the sweep: its slot is free now, nothing else
+        }
+        match outcome {
+            Outcome::Success if !state.has_metric => {
+                let reported = if state.other_metrics.is_empty() {
+                    "it reported nothing".to_owned()
+                } else {
+                    format!("it reported: {}", state.other_metrics.iter().cloned().collect::<Vec<_>>().join(", "))
+                };
+                let error = format!("trial never reported the metric \"{}\" ({reported})", self.config.metric);
+                self.finish_trial(trial, TrialStatus::Errored, Some(error), commands);
+            }
+            Outcome::Success => self.finish_trial(trial, TrialStatus::Terminated(EndReason::Completed), None, commands),
+            Outcome::Failed { reason } => {
+                state.failures += 1;
+                if state.failures <= self.config.max_failures && self.ending.is_none() {
+                    state.error = Some(reason.clone());
+                    self.launch(trial, commands);
+                } else {
+                    let error = if state.failures > 1 { format!("{reason} (after {} attempts)", state.failures) } else { reason.clone() };
+                    self.finish_trial(trial, TrialStatus::Errored, Some(error), commands);
+                }
+            }
+        }
+    }
+
+    fn begin_end(&mut self, cause: EndCause, commands: &mut Vec<Command>) {
+        if self.ending.is_some() {
+            return;
+        }
+        self.ending = Some(cause);
+        let running: Vec<TrialId> = self.alive.iter().copied().filter(|&t| self.status(t) == Some(TrialStatus::Running)).collect();
+        for trial in running {
+            self.finish_trial(trial, TrialStatus::Terminated(EndReason::SweepEnded), None, commands);
+            commands.push(Command::Stop { trial });
+        }
+        let paused: Vec<TrialId> = self.paused.iter().copied().collect();
+        for trial in paused {
+            self.finish_trial(trial, TrialStatus::Terminated(EndReason::SweepEnded), None, commands);
+        }
+    }
+
+    fn fill(&mut self, commands: &mut Vec<Command>) {
+        while self.ending.is_none() && self.alive.len() < self.config.max_concurrent {
+            if let Some(trial) = self.scheduler.choose_trial_to_resume() {
+                debug_assert_eq!(self.status(trial), Some(TrialStatus::Paused), "scheduler resumed {trial}, which is not paused");
+                if self.status(trial) == Some(TrialStatus::Paused) && !self.alive.contains(&trial) {
+                    self.launch(trial, commands);
+                    continue;
+                }
+            }
+            if self.searcher_done || self.config.max_trials.is_some_and(|max| self.progress.created >= max) {
+                return;
+            }
+            let trial = TrialId(self.progress.created + 1);
+            match self.searcher.suggest(trial) {
+                Ok(Suggestion::Config(config)) => {
+                    self.progress.created += 1;
+                    self.progress.pending += 1;
+                    self.trials.push(TrialState {
+                        status: TrialStatus::Pending,
+                        config,
+                        alive: false,
+                        failures: 0,
+                        launches: 0,
+                        last: None,
+                        best: None,
+                        has_metric: false,
+                        other_metrics: BTreeSet::new(),
+                        checkpoints: Vec::new(),
+                        error: None,
+                    });
+                    let config = &self.trials.last().expect("just pushed").config;
+                    self.scheduler.on_trial_add(trial, config);
+                    self.launch(trial, commands);
+                }
+                Ok(Suggestion::Wait) => {
+                    if self.alive.is_empty() {
+                        // Nobody will ever report again: waiting would hang the sweep.
+                        self.searcher_done = true;
+                    }
+                    return;
+                }
+                Ok(Suggestion::Exhausted) => {
+                    self.searcher_done = true;
+                    return;
+                }
+                Err(error) => {
+                    self.searcher_error = Some(error.to_string());
+                    self.begin_end(EndCause::SearcherFailed, commands);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn maybe_finish(&mut self, commands: &mut Vec<Command>) {
+        if self.finished || !self.alive.is_empty() {
+            return;
+        }
+        let cause = match self.ending {
+            Some(cause) => cause,
+            None if self.config.max_trials.is_some_and(|max| self.progress.created >= max) => EndCause::AllTrialsDone,
+            None if self.searcher_done => EndCause::SearcherExhausted,
+            None => return,
+        };
+        // Paused trials that nothing will resume end with the sweep rather than wait forever.
+        let paused: Vec<TrialId> = self.paused.iter().copied().collect();
+        for trial in paused {
+            self.finish_trial(trial, TrialStatus::Terminated(EndReason::SweepEnded), None, commands);
+        }
+        self.finished = true;
+        commands.push(Command::Persist(Record::ExperimentFinished { cause }));
+        commands.push(Command::Finished(Summary { cause, progress: self.progress.clone(), error: self.searcher_error.clone() }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Result;
+    use crate::trial::Metrics;
+    use serde_json::json;
+
+    /// A searcher that hands out `{"x": n}` for trial n.
+    struct Counting;
+    impl Searcher for Counting {
+        fn suggest(&mut self, trial: TrialId) -> Result<Suggestion> {
+            Ok(Suggestion::Config(serde_json::from_value(json!({"x": trial.0})).unwrap()))
+        }
+    }
+
+    /// Stops every trial whose metric is above 0.5; pauses at step 2 when asked.
+    struct Threshold {
+        pause_at: Option<u64>,
+        removed: Vec<TrialId>,
+    }
+    impl Scheduler for Threshold {
+        fn on_result(&mut self, _trial: TrialId, report: &Report, value: Option<f64>) -> Decision {
+            if Some(report.step) == self.pause_at {
+                return Decision::Pause;
+            }
+            if value.is_some_and(|v| v > 0.5) { Decision::Stop } else { Decision::Continue }
+        }
+        fn on_trial_remove(&mut self, trial: TrialId) {
+            self.removed.push(trial);
+        }
+    }
+
+    fn config() -> ControllerConfig {
+        ControllerConfig {
+            metric: "loss".into(),
+            mode: Mode::Min,
+            max_trials: Some(3),
+            max_concurrent: 2,
+            time_budget: None,
+            target: None,
+            max_failures: 1,
+            max_failed_trials: None,
+            checkpoint_keep: None,
+        }
+    }
+
+    fn controller(config: ControllerConfig) -> Controller {
+        Controller::new(config, Box::new(Counting), Box::new(Threshold { pause_at: None, removed: vec![] }))
+    }
+
+    fn report(trial: u64, step: u64, loss: f64) -> Event {
+        Event::Reported { trial: TrialId(trial), report: Report { step, metrics: Metrics::from([("loss".into(), loss)]) }, checkpoint: None }
+    }
+
+    fn exit(trial: u64, outcome: Outcome) -> Event {
+        Event::Exited { trial: TrialId(trial), outcome }
+    }
+
+    fn launches(commands: &[Command]) -> Vec<(u64, u32, Option<u64>)> {
+        commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Launch(l) => Some((l.trial.0, l.attempt, l.restore.as_ref().map(|r| r.step))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn decision(commands: &[Command]) -> Option<Decision> {
+        commands.iter().find_map(|c| match c {
+            Command::Respond { decision, .. } => Some(*decision),
+            _ => None,
+        })
+    }
+
+    const T0: Duration = Duration::ZERO;
+
+    #[test]
+    fn fills_slots_runs_num_samples_and_finishes() {
+        let mut c = controller(config());
+        assert_eq!(launches(&c.handle(&Event::Start, T0)), [(1, 0, None), (2, 0, None)]);
+        assert_eq!(decision(&c.handle(&report(1, 1, 0.3), T0)), Some(Decision::Continue));
+        assert_eq!(decision(&c.handle(&report(2, 1, 0.9), T0)), Some(Decision::Stop));
+        assert_eq!(c.status(TrialId(2)), Some(TrialStatus::Terminated(EndReason::StoppedEarly)));
+        // The stopped trial's slot frees only once its process is gone.
+        assert!(launches(&c.handle(&report(1, 2, 0.2), T0)).is_empty());
+        assert_eq!(launches(&c.handle(&exit(2, Outcome::Failed { reason: "SIGTERM".into() }), T0)), [(3, 0, None)]);
+        c.handle(&exit(1, Outcome::Success), T0);
+        assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Terminated(EndReason::Completed)));
+        c.handle(&report(3, 1, 0.1), T0);
+        let end = c.handle(&exit(3, Outcome::Success), T0);
+        let Some(Command::Finished(summary)) = end.last() else { panic!("{end:?}") };
+        assert_eq!(summary.cause, EndCause::AllTrialsDone);
+        assert_eq!((summary.progress.completed, summary.progress.stopped), (2, 1));
+        assert_eq!(summary.progress.best, Some((TrialId(3), 0.1, 1)));
+        assert!(c.is_finished());
+    }
+
+    #[test]
+    fn failures_retry_from_last_checkpoint_then_error() {
+        let mut c = controller(ControllerConfig { max_trials: Some(1), ..config() });
+        c.handle(&Event::Start, T0);
+        c.handle(&Event::Reported { trial: TrialId(1), report: Report { step: 4, metrics: Metrics::from([("loss".into(), 0.4)]) }, checkpoint: Some("/ck/4".into()) }, T0);
+        let retry = c.handle(&exit(1, Outcome::Failed { reason: "exit code 3".into() }), T0);
+        assert_eq!(launches(&retry), [(1, 1, Some(4))]);
+        assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Running));
+        let end = c.handle(&exit(1, Outcome::Failed { reason: "exit code 3".into() }), T0);
+        assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Errored));
+        let Some(Command::Persist(Record::Trial(row))) = end.iter().find(|c| matches!(c, Command::Persist(Record::Trial(_)))) else { panic!() };
+        assert_eq!(row.error.as_deref(), Some("exit code 3 (after 2 attempts)"));
+    }
+
+    #[test]
+    fn missing_metric_errors_naming_it() {
+        let mut c = controller(ControllerConfig { max_trials: Some(1), ..config() });
+        c.handle(&Event::Start, T0);
+        let accuracy = Event::Reported { trial: TrialId(1), report: Report { step: 1, metrics: Metrics::from([("accuracy".into(), 0.9)]) }, checkpoint: None };
+        assert_eq!(decision(&c.handle(&accuracy, T0)), Some(Decision::Continue));
+        let end = c.handle(&exit(1, Outcome::Success), T0);
+        assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Errored));
+        let error = end.iter().find_map(|c| match c {
+            Command::Persist(Record::Trial(row)) => row.error.clone(),
+            _ => None,
+        });
+        assert_eq!(error.as_deref(), Some("trial never reported the metric \"loss\" (it reported: accuracy)"));
+    }
+
+    #[test]
+    fn duplicate_steps_after_restart_are_ignored() {
+        let mut c = controller(config());
+        c.handle(&Event::Start, T0);
+        c.handle(&report(1, 1, 0.3), T0);
+        c.handle(&report(1, 2, 0.25), T0);
+        let again = c.handle(&report(1, 2, 0.2), T0);
+        assert!(!again.iter().any(|c| matches!(c, Command::Persist(Record::Report { .. }))));
+        assert_eq!(decision(&again), Some(Decision::Continue));
+        assert_eq!(c.progress().best, Some((TrialId(1), 0.25, 2)));
+    }
+
+    #[test]
+    fn target_ends_the_sweep_and_stops_everyone() {
+        let mut c = controller(ControllerConfig { target: Some(0.05), max_trials: None, ..config() });
+        c.handle(&Event::Start, T0);
+        let hit = c.handle(&report(2, 1, 0.01), T0);
+        assert_eq!(decision(&hit), Some(Decision::Stop));
+        assert!(hit.contains(&Command::Stop { trial: TrialId(1) }));
+        assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Terminated(EndReason::SweepEnded)));
+        c.handle(&exit(2, Outcome::Success), T0);
+        let end = c.handle(&exit(1, Outcome::Failed { reason: "signal 15".into() }), T0);
+        assert!(matches!(end.last(), Some(Command::Finished(Summary { cause: EndCause::TargetReached, .. }))));
+        assert_eq!(c.progress().created, 2, "no trial is created once the sweep is ending");
+    }
+
+    #[test]
+    fn time_budget_ends_the_sweep_on_a_tick() {
+        let mut c = controller(ControllerConfig { time_budget: Some(Duration::from_secs(10)), max_trials: None, ..config() });
+        c.handle(&Event::Start, T0);
+        assert!(c.handle(&Event::Tick, Duration::from_secs(9)).is_empty(), "a tick that changes nothing emits nothing");
+        let stop = c.handle(&Event::Tick, Duration::from_secs(10));
+        assert!(stop.contains(&Command::Stop { trial: TrialId(1) }) && stop.contains(&Command::Stop { trial: TrialId(2) }));
+        c.handle(&exit(1, Outcome::Success), Duration::from_secs(11));
+        let end = c.handle(&exit(2, Outcome::Success), Duration::from_secs(11));
+        assert!(matches!(end.last(), Some(Command::Finished(Summary { cause: EndCause::TimeBudget, .. }))));
+    }
+
+    #[test]
+    fn resume_relaunches_running_trials_from_checkpoints() {
+        let mut c = controller(config());
+        c.handle(&Event::Start, T0);
+        c.handle(&Event::Reported { trial: TrialId(1), report: Report { step: 3, metrics: Metrics::from([("loss".into(), 0.4)]) }, checkpoint: Some("/ck/3".into()) }, T0);
+        c.handle(&report(2, 1, 0.9), T0); // stopped, but its process had not exited yet
+        let resumed = c.handle(&Event::Resume, T0);
+        // t1 restarts from its checkpoint, t2's slot is free again, so t3 starts.
+        assert_eq!(launches(&resumed), [(1, 1, Some(3)), (3, 0, None)]);
+        assert_eq!(c.progress().running, 2);
+    }
+
+    #[test]
+    fn pause_without_checkpoint_stops_instead() {
+        let scheduler = Threshold { pause_at: Some(2), removed: vec![] };
+        let mut c = Controller::new(ControllerConfig { max_trials: Some(1), ..config() }, Box::new(Counting), Box::new(scheduler));
+        c.handle(&Event::Start, T0);
+        assert_eq!(decision(&c.handle(&report(1, 2, 0.1), T0)), Some(Decision::Stop));
+        assert!(c.paused_without_checkpoint());
+        assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Terminated(EndReason::StoppedEarly)));
+    }
+
+    #[test]
+    fn keep_policy_keeps_n_best_plus_latest() {
+        let mut c = controller(ControllerConfig { checkpoint_keep: Some(2), ..config() });
+        c.handle(&Event::Start, T0);
+        let mut deleted = Vec::new();
+        for (step, loss) in [(1, 0.5), (2, 0.3), (3, 0.4), (4, 0.35), (5, 0.6)] {
+            let commands = c.handle(
+                &Event::Reported { trial: TrialId(1), report: Report { step, metrics: Metrics::from([("loss".into(), loss)]) }, checkpoint: Some(format!("/ck/{step}")) },
+                T0,
+            );
+            deleted.extend(commands.into_iter().filter_map(|c| match c {
+                Command::DeleteCheckpoint { path, .. } => Some(path),
+                _ => None,
+            }));
+        }
+        // Kept at the end: the two best (steps 2 and 4) and the latest (step 5).
+        assert_eq!(deleted, ["/ck/1", "/ck/3"]);
+    }
+
+    #[test]
+    fn nan_is_kept_but_never_best() {
+        let mut c = controller(config());
+        c.handle(&Event::Start, T0);
+        c.handle(&report(1, 1, f64::NAN), T0);
+        assert_eq!(c.progress().best, None);
+        c.handle(&report(2, 1, 3.0), T0);
+        assert_eq!(c.progress().best, Some((TrialId(2), 3.0, 1)));
+    }
+
+    #[test]
+    fn too_many_failed_trials_end_the_sweep() {
+        let mut c = controller(ControllerConfig { max_failures: 0, max_failed_trials: Some(1), max_trials: None, ..config() });
+        c.handle(&Event::Start, T0);
+        let commands = c.handle(&exit(1, Outcome::Failed { reason: "boom".into() }), T0);
+        assert!(commands.contains(&Command::Stop { trial: TrialId(2) }));
+        let end = c.handle(&exit(2, Outcome::Success), T0);
+        assert!(matches!(end.last(), Some(Command::Finished(Summary { cause: EndCause::TooManyFailures, .. }))));
+    }
+
+    #[test]
+    fn same_events_same_commands() {
+        let events = [Event::Start, report(1, 1, 0.3), report(2, 1, 0.7), exit(2, Outcome::Success), exit(1, Outcome::Success)];
+        let run = || {
+            let mut c = controller(config());
+            events.iter().map(|e| c.handle(e, T0)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run());
+    }
+}
