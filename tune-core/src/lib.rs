@@ -11,6 +11,7 @@ pub mod rng;
 pub mod scheduler;
 pub mod searcher;
 pub mod space;
+pub mod store;
 pub mod trial;
 pub mod value;
 
