@@ -6,12 +6,16 @@
 //! [`store`], and the adapters that run trials around it ([`driver`], [`runner`]).
 
 pub mod controller;
+pub mod driver;
 pub mod error;
+pub mod protocol;
 pub mod rng;
+pub mod runner;
 pub mod scheduler;
 pub mod searcher;
 pub mod space;
 pub mod store;
+mod sys;
 pub mod trial;
 pub mod value;
 

@@ -1,0 +1,140 @@
+//! The reporting protocol of trial processes: one `rung:report {json}` line per result.
+//!
+//! ```text
+//! rung:report {"step": 3, "loss": 0.41, "accuracy": 0.9}
+//! rung:report {"step": 4, "loss": 0.38, "checkpoint": true}
+//! ```
+//!
+//! `step` is optional (a counter is used), every other number is a metric, and
+//! `"checkpoint": true` declares that the files in `RUNG_CHECKPOINT_DIR` are a checkpoint at that
+//! step. Python's `json.dumps` writes non-finite floats as bare `NaN`, `Infinity` and
+//! `-Infinity`; they are accepted (and ranked worst).
+
+use crate::trial::{Metrics, metrics_serde};
+
+/// The prefix of a report line.
+pub const REPORT_PREFIX: &str = "rung:report";
+
+/// A report line, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportLine {
+    /// The step, when given.
+    pub step: Option<u64>,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// Whether a checkpoint was declared.
+    pub checkpoint: bool,
+    /// Keys that were ignored because their values are not numbers.
+    pub ignored: Vec<String>,
+}
+
+/// Parses a line of a trial's stdout: `None` when it is not a report line, `Some(Err(why))`
+/// when it is one but malformed.
+pub fn parse_report_line(line: &str) -> Option<Result<ReportLine, String>> {
+    let rest = line.trim_end().strip_prefix(REPORT_PREFIX)?;
+    if !rest.is_empty() && !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    Some(parse_payload(rest.trim()))
+}
+
+fn parse_payload(payload: &str) -> Result<ReportLine, String> {
+    let value: serde_json::Value = serde_json::from_str(&quote_non_finite(payload)).map_err(|e| format!("not valid JSON: {e}"))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err("expected a JSON object".into());
+    };
+    let mut line = ReportLine { step: None, metrics: Metrics::new(), checkpoint: false, ignored: Vec::new() };
+    for (key, value) in map {
+        match key.as_str() {
+            "step" => {
+                let step = value
+                    .as_u64()
+                    .or_else(|| value.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.0e15).map(|f| f as u64))
+                    .ok_or_else(|| format!("\"step\" must be a non-negative integer, got {value}"))?;
+                line.step = Some(step);
+            }
+            "checkpoint" => {
+                line.checkpoint = value.as_bool().ok_or_else(|| format!("\"checkpoint\" must be true or false, got {value}"))?;
+            }
+            _ => match metrics_serde::decode(&value) {
+                Some(number) => {
+                    line.metrics.insert(key, number);
+                }
+                None => match value {
+                    serde_json::Value::Bool(flag) => {
+                        line.metrics.insert(key, f64::from(u8::from(flag)));
+                    }
+                    _ => line.ignored.push(key),
+                },
+            },
+        }
+    }
+    Ok(line)
+}
+
+/// Rewrites bare `NaN`, `Infinity` and `-Infinity` outside strings as JSON strings.
+fn quote_non_finite(payload: &str) -> String {
+    let mut out = String::with_capacity(payload.len() + 8);
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = payload;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        let token = ["-Infinity", "Infinity", "NaN"].into_iter().find(|token| rest.starts_with(token));
+        if let Some(token) = token {
+            out.push('"');
+            out.push_str(token);
+            out.push('"');
+            rest = &rest[token.len()..];
+            continue;
+        }
+        if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_reports() {
+        let line = parse_report_line(r#"rung:report {"step": 3, "loss": 0.41, "accuracy": 0.9, "checkpoint": true}"#).unwrap().unwrap();
+        assert_eq!(line.step, Some(3));
+        assert_eq!(line.metrics, Metrics::from([("loss".into(), 0.41), ("accuracy".into(), 0.9)]));
+        assert!(line.checkpoint);
+        let line = parse_report_line(r#"rung:report {"loss": NaN, "x": -Infinity, "note": "NaN here", "y": Infinity}"#).unwrap().unwrap();
+        assert_eq!(line.step, None);
+        assert!(line.metrics["loss"].is_nan());
+        assert_eq!(line.metrics["x"], f64::NEG_INFINITY);
+        assert_eq!(line.metrics["y"], f64::INFINITY);
+        assert_eq!(line.ignored, ["note"]);
+    }
+
+    #[test]
+    fn other_lines_are_not_reports_and_bad_ones_say_why() {
+        assert_eq!(parse_report_line("epoch 3 done"), None);
+        assert_eq!(parse_report_line("rung:reporter {}"), None);
+        assert_eq!(parse_report_line("rung:report [1, 2]"), Some(Err("expected a JSON object".into())));
+        assert!(parse_report_line("rung:report {loss: 1}").unwrap().unwrap_err().starts_with("not valid JSON"));
+        assert_eq!(
+            parse_report_line(r#"rung:report {"step": -1, "loss": 1}"#),
+            Some(Err("\"step\" must be a non-negative integer, got -1".into()))
+        );
+    }
+}
