@@ -1,0 +1,378 @@
+//! Spec files: a sweep described in TOML (or the same structure in JSON).
+//!
+//! ```toml
+//! name = "quickstart"
+//! metric = "loss"
+//! mode = "min"
+//! num_samples = 20
+//! max_concurrent = 4
+//! seed = 42
+//!
+//! [space]
+//! lr = { loguniform = [1e-5, 1e-1] }
+//! batch = { choice = [16, 32, 64, 128] }
+//!
+//! [searcher]
+//! kind = "random"
+//!
+//! [scheduler]
+//! kind = "fifo"
+//!
+//! [trial]
+//! command = ["python3", "train.py", "--lr", "{lr}"]
+//! ```
+//!
+//! Unknown keys are errors (with line and column); every setting is validated when the spec is
+//! read, so a sweep never starts with a setting that cannot work.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tune_core::controller::ControllerConfig;
+use tune_core::runner::{placeholders, resolve_program};
+use tune_core::space::Space;
+use tune_core::trial::Mode;
+use tune_schedulers::SchedulerConfig;
+use tune_search::SearcherConfig;
+
+use crate::error::{Error, Result};
+
+/// A sweep: what to optimise, over which space, with which searcher and scheduler, and how to
+/// run a trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// The experiment's name (made unique within a store by a `-2`, `-3`, ... suffix).
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// The metric to optimise.
+    pub metric: String,
+    /// `min` or `max`.
+    pub mode: Mode,
+    /// How many trials (times the grid size when the space has grid parameters); -1 = until
+    /// another stop condition ends the sweep.
+    #[serde(default = "default_num_samples")]
+    pub num_samples: i64,
+    /// Trials run at once; defaults to the number of CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+    /// The seed all randomness flows from; drawn at random (and stored) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// End the sweep after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_budget_s: Option<f64>,
+    /// End the sweep once a trial's metric reaches this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<f64>,
+    /// End the sweep once this many trials have errored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failed_trials: Option<u64>,
+    /// The search space.
+    #[serde(default)]
+    pub space: Space,
+    /// The searcher.
+    #[serde(default)]
+    pub searcher: SearcherConfig,
+    /// The scheduler.
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    /// How a trial runs.
+    #[serde(default)]
+    pub trial: TrialSpec,
+}
+
+/// The `[trial]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrialSpec {
+    /// The command of a trial process, with `{name}` placeholders. Empty for in-process trials.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Retries per trial after a failure, each from its last checkpoint.
+    #[serde(default)]
+    pub max_failures: u32,
+    /// Keep the N best checkpoints of each trial (and its most recent); all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_keep: Option<usize>,
+    /// Seconds between SIGTERM and SIGKILL when a trial is stopped.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace_s: f64,
+    /// Extra environment variables for trial processes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The working directory of trial processes; relative paths are relative to the spec file.
+    /// Defaults to the spec file's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<PathBuf>,
+}
+
+impl Default for TrialSpec {
+    fn default() -> Self {
+        TrialSpec { command: Vec::new(), max_failures: 0, checkpoint_keep: None, stop_grace_s: default_stop_grace(), env: BTreeMap::new(), workdir: None }
+    }
+}
+
+fn default_name() -> String {
+    "experiment".into()
+}
+fn default_num_samples() -> i64 {
+    1
+}
+fn default_stop_grace() -> f64 {
+    10.0
+}
+
+impl Spec {
+    /// A spec with defaults for everything but the metric and mode (for the Rust API).
+    pub fn new(metric: &str, mode: Mode) -> Self {
+        Spec {
+            name: default_name(),
+            metric: metric.into(),
+            mode,
+            num_samples: default_num_samples(),
+            max_concurrent: None,
+            seed: None,
+            time_budget_s: None,
+            target: None,
+            max_failed_trials: None,
+            space: Space::new(),
+            searcher: SearcherConfig::default(),
+            scheduler: SchedulerConfig::default(),
+            trial: TrialSpec::default(),
+        }
+    }
+
+    /// Reads a spec file (`.json` as JSON, anything else as TOML), fills in the defaults that
+    /// depend on the machine (seed, concurrency, working directory) and validates it.
+    pub fn load(path: &Path) -> Result<Spec> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Spec { path: path.to_owned(), message: format!("cannot read: {e}") })?;
+        let is_json = path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
+        let mut spec = if is_json { Spec::from_json_str(&text) } else { Spec::from_toml_str(&text) }
+            .map_err(|message| Error::Spec { path: path.to_owned(), message })?;
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let folder = folder.canonicalize().map_err(|e| Error::Spec { path: path.to_owned(), message: format!("cannot resolve its folder: {e}") })?;
+        spec.trial.workdir = Some(match &spec.trial.workdir {
+            Some(dir) => folder.join(dir),
+            None => folder,
+        });
+        spec.resolve_defaults();
+        spec.validate()?;
+        if spec.trial.command.is_empty() {
+            return Err(Error::Core(tune_core::Error::setting("trial.command", "is missing: a spec run from the command line needs the trial's command")));
+        }
+        spec.validate_command()?;
+        Ok(spec)
+    }
+
+    /// Parses TOML; the error message carries the line and column.
+    pub fn from_toml_str(text: &str) -> std::result::Result<Spec, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// Parses JSON; the error message carries the line and column.
+    pub fn from_json_str(text: &str) -> std::result::Result<Spec, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Fills in a random seed and the machine's CPU count where they are absent.
+    pub fn resolve_defaults(&mut self) {
+        if self.seed.is_none() {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            self.seed = Some((nanos as u64) ^ u64::from(std::process::id()).rotate_left(32));
+        }
+        if self.max_concurrent.is_none() {
+            self.max_concurrent = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
+        }
+    }
+
+    /// Checks every setting, naming the first that cannot work.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |setting: &str, message: String| Err(Error::Core(tune_core::Error::setting(setting, message)));
+        if self.name.trim().is_empty() || self.name.contains(['/', '\\']) {
+            return bad("name", format!("must be non-empty and contain no '/' or '\\', got {:?}", self.name));
+        }
+        if self.metric.trim().is_empty() {
+            return bad("metric", "must name the metric to optimise".into());
+        }
+        if self.num_samples == 0 || self.num_samples < -1 {
+            return bad("num_samples", format!("must be at least 1, or -1 for no limit, got {}", self.num_samples));
+        }
+        if self.max_concurrent == Some(0) {
+            return bad("max_concurrent", "must be at least 1, got 0".into());
+        }
+        if let Some(budget) = self.time_budget_s
+            && !(budget.is_finite() && budget > 0.0)
+        {
+            return bad("time_budget_s", format!("must be a positive number of seconds, got {budget}"));
+        }
+        if let Some(target) = self.target
+            && !target.is_finite()
+        {
+            return bad("target", format!("must be a finite number, got {target}"));
+        }
+        if self.num_samples == -1 && self.time_budget_s.is_none() && self.target.is_none() {
+            return bad("num_samples", "is -1 (no limit) but nothing else ends the sweep: set time_budget_s or target".into());
+        }
+        if !(self.trial.stop_grace_s.is_finite() && self.trial.stop_grace_s >= 0.0) {
+            return bad("trial.stop_grace_s", format!("must be a non-negative number of seconds, got {}", self.trial.stop_grace_s));
+        }
+        if self.trial.checkpoint_keep == Some(0) {
+            return bad("trial.checkpoint_keep", "must be at least 1 (leave it out to keep every checkpoint), got 0".into());
+        }
+        if self.max_failed_trials == Some(0) {
+            return bad("max_failed_trials", "must be at least 1, got 0".into());
+        }
+        self.searcher.validate(&self.space)?;
+        self.scheduler.validate()?;
+        Ok(())
+    }
+
+    /// Checks that the trial command's program exists and its placeholders name parameters.
+    pub fn validate_command(&self) -> Result<()> {
+        let bad = |message: String| Err(Error::Core(tune_core::Error::setting("trial.command", message)));
+        let Some(program) = self.trial.command.first() else {
+            return bad("is empty".into());
+        };
+        let workdir = self.trial.workdir.clone().unwrap_or_else(|| PathBuf::from("."));
+        if resolve_program(program, &workdir).is_none() {
+            let where_ = if program.contains('/') { format!("in {}", workdir.display()) } else { "on PATH".into() };
+            return bad(format!("program \"{program}\" not found {where_}, or not executable"));
+        }
+        let known = self.space.parameter_names();
+        for arg in &self.trial.command {
+            for name in placeholders(arg) {
+                if name != "config" && name != "trial_id" && !known.contains(&name) {
+                    return bad(format!("placeholder {{{name}}} names no parameter of the space (known: {}, config, trial_id)", known.join(", ")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The controller settings this spec describes.
+    pub fn controller_config(&self) -> Result<ControllerConfig> {
+        let per_sample = self.searcher.trials_per_sample(&self.space)?;
+        Ok(ControllerConfig {
+            metric: self.metric.clone(),
+            mode: self.mode,
+            max_trials: u64::try_from(self.num_samples).ok().map(|n| n.saturating_mul(per_sample)),
+            max_concurrent: self.max_concurrent.unwrap_or(1),
+            time_budget: self.time_budget_s.map(Duration::from_secs_f64),
+            target: self.target,
+            max_failures: self.trial.max_failures,
+            max_failed_trials: self.max_failed_trials,
+            checkpoint_keep: self.trial.checkpoint_keep,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUICK: &str = r#"
+name = "quickstart"
+metric = "loss"
+mode = "min"
+num_samples = 100
+max_concurrent = 4
+seed = 42
+time_budget_s = 600
+target = 0.05
+
+[space]
+lr = { loguniform = [1e-5, 1e-1] }
+batch = { choice = [16, 32, 64, 128] }
+layers = { randint = [1, 8] }
+optimizer = { choice = [ { name = "sgd", momentum = { uniform = [0.0, 0.99] } },
+                         { name = "adam", beta1 = { uniform = [0.8, 0.99] } } ] }
+
+[searcher]
+kind = "random"
+
+[scheduler]
+kind = "fifo"
+
+[trial]
+command = ["python3", "train.py", "--lr", "{lr}", "--batch", "{batch}"]
+max_failures = 2
+checkpoint_keep = 2
+stop_grace_s = 10
+"#;
+
+    #[test]
+    fn parses_the_issue_example_and_round_trips_through_json() {
+        let spec = Spec::from_toml_str(QUICK).unwrap();
+        assert_eq!(spec.name, "quickstart");
+        assert_eq!(spec.num_samples, 100);
+        assert_eq!(spec.trial.checkpoint_keep, Some(2));
+        spec.validate().unwrap();
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(Spec::from_json_str(&json).unwrap(), spec);
+        let config = spec.controller_config().unwrap();
+        assert_eq!(config.max_trials, Some(100));
+        assert_eq!(config.time_budget, Some(Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_errors_give_line_and_column() {
+        let error = Spec::from_toml_str(&QUICK.replace("seed = 42", "sed = 42")).unwrap_err();
+        assert!(error.contains("line 7, column 1") && error.contains("unknown field `sed`"), "{error}");
+        let error = Spec::from_toml_str(&QUICK.replace("stop_grace_s = 10", "stop_grace = 10")).unwrap_err();
+        assert!(error.contains("line 25") && error.contains("unknown field `stop_grace`"), "{error}");
+        let error = Spec::from_toml_str(&QUICK.replace("mode = \"min\"", "mode = min")).unwrap_err();
+        assert!(error.contains("line 4, column 8"), "{error}");
+        let error = Spec::from_json_str("{\"metric\": \"loss\", \"mode\": \"min\",\n \"colour\": 1}").unwrap_err();
+        assert!(error.contains("unknown field `colour`") && error.contains("line 2 column"), "{error}");
+    }
+
+    #[test]
+    fn unknown_searcher_or_scheduler_is_named() {
+        let error = Spec::from_toml_str(&QUICK.replace("kind = \"fifo\"", "kind = \"hyperbandit\"")).unwrap_err();
+        assert!(error.contains("unknown variant `hyperbandit`, expected `fifo`"), "{error}");
+        let error = Spec::from_toml_str(&QUICK.replace("kind = \"random\"", "kind = \"bayes\"")).unwrap_err();
+        assert!(error.contains("unknown variant `bayes`"), "{error}");
+    }
+
+    #[test]
+    fn invalid_domain_is_named_with_its_location() {
+        let error = Spec::from_toml_str(&QUICK.replace("[1e-5, 1e-1]", "[0, 1e-1]")).unwrap_err();
+        assert!(error.contains("parameter \"lr\": loguniform needs 0 < low < high, got low=0, high=0.1"), "{error}");
+        assert!(error.contains("line "), "{error}");
+        let error = Spec::from_toml_str(&QUICK.replace("{ randint = [1, 8] }", "{ uniform = [nan, 8] }")).unwrap_err();
+        assert!(error.contains("parameter \"layers\": uniform needs finite low, got low=NaN"), "{error}");
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_rejected_by_name() {
+        let check = |from: &str, to: &str| Spec::from_toml_str(&QUICK.replace(from, to)).unwrap().validate().unwrap_err().to_string();
+        assert_eq!(check("num_samples = 100", "num_samples = 0"), "setting \"num_samples\": must be at least 1, or -1 for no limit, got 0");
+        assert_eq!(check("max_concurrent = 4", "max_concurrent = 0"), "setting \"max_concurrent\": must be at least 1, got 0");
+        assert_eq!(check("checkpoint_keep = 2", "checkpoint_keep = 0"), "setting \"trial.checkpoint_keep\": must be at least 1 (leave it out to keep every checkpoint), got 0");
+        assert_eq!(check("time_budget_s = 600", "time_budget_s = -1"), "setting \"time_budget_s\": must be a positive number of seconds, got -1");
+        let unbounded = QUICK.replace("num_samples = 100", "num_samples = -1").replace("time_budget_s = 600\n", "").replace("target = 0.05\n", "");
+        assert!(Spec::from_toml_str(&unbounded).unwrap().validate().unwrap_err().to_string().contains("nothing else ends the sweep"));
+        assert_eq!(
+            check("kind = \"random\"", "kind = \"grid\""),
+            "parameter \"lr\": grid search cannot enumerate a loguniform domain: it is continuous and has no grid values; use grid = [...] or random search"
+        );
+    }
+
+    #[test]
+    fn command_program_and_placeholders_are_checked() {
+        let mut spec = Spec::from_toml_str(QUICK).unwrap();
+        spec.trial.workdir = Some(std::env::temp_dir());
+        spec.trial.command = vec!["sh".into(), "-c".into(), "echo {lr} {optimizer.momentum} {config}".into()];
+        spec.validate_command().unwrap();
+        spec.trial.command = vec!["no-such-program-xyz".into()];
+        assert_eq!(
+            spec.validate_command().unwrap_err().to_string(),
+            "setting \"trial.command\": program \"no-such-program-xyz\" not found on PATH, or not executable"
+        );
+        spec.trial.command = vec!["sh".into(), "{learning_rate}".into()];
+        assert!(spec.validate_command().unwrap_err().to_string().starts_with("setting \"trial.command\": placeholder {learning_rate} names no parameter"));
+    }
+}

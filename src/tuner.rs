@@ -1,0 +1,425 @@
+//! The Rust API: build a sweep, run it with a closure or a command, get its results.
+//!
+//! ```no_run
+//! use rung::{Mode, Space, Domain, Tuner};
+//!
+//! # async fn demo() -> anyhow::Result<()> {
+//! let space = Space::new()
+//!     .with("lr", Domain::loguniform(1e-5, 1e-1)?)?
+//!     .with("layers", Domain::randint(1, 8)?)?;
+//! let result = Tuner::builder()
+//!     .space(space)
+//!     .metric("loss", Mode::Min)
+//!     .num_samples(20)
+//!     .max_concurrent(4)
+//!     .store("sweep.db")
+//!     .build()?
+//!     .run(|mut trial| async move {
+//!         let lr: f64 = trial.get("lr")?;
+//!         for step in 1..=10 {
+//!             let loss = lr * 100.0 / step as f64;
+//!             if trial.report(step, [("loss", loss)]).await != rung::Decision::Continue {
+//!                 break;
+//!             }
+//!         }
+//!         Ok::<(), rung::CoreError>(())
+//!     })
+//!     .await?;
+//! println!("best: {:?}", result.best().map(|t| &t.config));
+//! # Ok(()) }
+//! ```
+
+use std::fmt::Display;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tune_core::controller::{Controller, Progress};
+use tune_core::driver::{Driver, DriverSetup, Runner, SweepEnd};
+use tune_core::runner::{InProcessRunner, ProcessConfig, ProcessRunner, TrialContext};
+use tune_core::space::Space;
+use tune_core::store::{ExperimentInfo, Store, StoredTrial};
+use tune_core::trial::{Mode, TrialStatus};
+use tune_schedulers::SchedulerConfig;
+use tune_search::SearcherConfig;
+
+use crate::error::{Error, Result};
+use crate::progress;
+use crate::spec::Spec;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SweepStatus {
+    /// The sweep is over; the cause is one of [`EndCause::label`](tune_core::controller::EndCause::label).
+    Finished {
+        /// Why it ended.
+        cause: String,
+    },
+    /// It was interrupted (Ctrl-C); `rung resume` (or `.resume(true)`) carries on.
+    Interrupted,
+}
+
+/// The outcome of a run: every trial as the store holds it.
+#[derive(Debug, Clone)]
+pub struct SweepResult {
+    /// The experiment's name in the store.
+    pub experiment: String,
+    /// The store.
+    pub store: PathBuf,
+    /// How the run ended.
+    pub status: SweepStatus,
+    /// The metric optimised.
+    pub metric: String,
+    /// Its mode.
+    pub mode: Mode,
+    /// The seed.
+    pub seed: u64,
+    /// The sweep's elapsed time over all its sessions.
+    pub elapsed: Duration,
+    /// Every trial.
+    pub trials: Vec<StoredTrial>,
+}
+
+impl SweepResult {
+    /// The trial with the best value of the metric (NaN ranks worst; ties go to the older trial).
+    pub fn best(&self) -> Option<&StoredTrial> {
+        best_trial(&self.trials, self.mode)
+    }
+
+    /// Trials by status label (`completed`, `stopped`, `errored`, ...).
+    pub fn count(&self, label: &str) -> usize {
+        self.trials.iter().filter(|t| t.status.label() == label).count()
+    }
+}
+
+/// The trial with the best value of the metric among `trials`.
+pub fn best_trial(trials: &[StoredTrial], mode: Mode) -> Option<&StoredTrial> {
+    trials
+        .iter()
+        .filter_map(|trial| trial.best.map(|(value, _)| (trial, mode.score(value))))
+        .fold(None, |best: Option<(&StoredTrial, f64)>, (trial, score)| match best {
+            Some((_, best_score)) if best_score >= score => best,
+            _ => Some((trial, score)),
+        })
+        .map(|(trial, _)| trial)
+}
+
+/// Builds a [`Tuner`]; every setting is checked in [`TunerBuilder::build`].
+#[derive(Debug, Clone)]
+pub struct TunerBuilder {
+    spec: Spec,
+    store: PathBuf,
+    resume: bool,
+    progress: bool,
+    interrupt_on_ctrl_c: bool,
+}
+
+impl TunerBuilder {
+    /// The search space.
+    pub fn space(mut self, space: Space) -> Self {
+        self.spec.space = space;
+        self
+    }
+    /// The metric to optimise and whether to minimise or maximise it.
+    pub fn metric(mut self, metric: &str, mode: Mode) -> Self {
+        self.spec.metric = metric.into();
+        self.spec.mode = mode;
+        self
+    }
+    /// How many trials (-1: until the time budget or target ends the sweep). Default 1.
+    pub fn num_samples(mut self, num_samples: i64) -> Self {
+        self.spec.num_samples = num_samples;
+        self
+    }
+    /// How many trials run at once. Default: the number of CPUs.
+    pub fn max_concurrent(mut self, max_concurrent: usize) -> Self {
+        self.spec.max_concurrent = Some(max_concurrent);
+        self
+    }
+    /// The seed all randomness flows from. Default: drawn at random and stored.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.spec.seed = Some(seed);
+        self
+    }
+    /// The experiment's name in the store. Default `experiment`.
+    pub fn name(mut self, name: &str) -> Self {
+        self.spec.name = name.into();
+        self
+    }
+    /// The searcher. Default random search.
+    pub fn searcher(mut self, searcher: SearcherConfig) -> Self {
+        self.spec.searcher = searcher;
+        self
+    }
+    /// The scheduler. Default FIFO (no early stopping).
+    pub fn scheduler(mut self, scheduler: SchedulerConfig) -> Self {
+        self.spec.scheduler = scheduler;
+        self
+    }
+    /// End the sweep after this long.
+    pub fn time_budget(mut self, budget: Duration) -> Self {
+        self.spec.time_budget_s = Some(budget.as_secs_f64());
+        self
+    }
+    /// End the sweep once a trial reaches this value of the metric.
+    pub fn target(mut self, target: f64) -> Self {
+        self.spec.target = Some(target);
+        self
+    }
+    /// Retries per trial after a failure. Default 0.
+    pub fn max_failures(mut self, retries: u32) -> Self {
+        self.spec.trial.max_failures = retries;
+        self
+    }
+    /// End the sweep once this many trials errored.
+    pub fn max_failed_trials(mut self, limit: u64) -> Self {
+        self.spec.max_failed_trials = Some(limit);
+        self
+    }
+    /// Keep the N best checkpoints per trial (plus the most recent).
+    pub fn checkpoint_keep(mut self, keep: usize) -> Self {
+        self.spec.trial.checkpoint_keep = Some(keep);
+        self
+    }
+    /// How long a stopped trial gets before it is cancelled. Default 10 s.
+    pub fn stop_grace(mut self, grace: Duration) -> Self {
+        self.spec.trial.stop_grace_s = grace.as_secs_f64();
+        self
+    }
+    /// The SQLite store. Default `rung.db` in the working directory.
+    pub fn store(mut self, path: impl AsRef<Path>) -> Self {
+        self.store = path.as_ref().to_owned();
+        self
+    }
+    /// Carry on the unfinished experiment of this name in the store, if there is one, instead
+    /// of starting a new one. Default false.
+    pub fn resume(mut self, resume: bool) -> Self {
+        self.resume = resume;
+        self
+    }
+    /// Show a progress bar on the terminal. Default true (it hides itself when stderr is not a
+    /// terminal).
+    pub fn progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
+    }
+    /// Treat Ctrl-C as "stop for now": running trials are terminated but stay resumable.
+    /// Default true.
+    pub fn interrupt_on_ctrl_c(mut self, enabled: bool) -> Self {
+        self.interrupt_on_ctrl_c = enabled;
+        self
+    }
+
+    /// Checks every setting and returns the tuner.
+    pub fn build(mut self) -> Result<Tuner> {
+        self.spec.resolve_defaults();
+        self.spec.validate()?;
+        Ok(Tuner {
+            start: Start::New(Box::new(self.spec)),
+            store: self.store,
+            resume: self.resume,
+            progress: self.progress,
+            interrupt_on_ctrl_c: self.interrupt_on_ctrl_c,
+            max_concurrent: None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Start {
+    New(Box<Spec>),
+    Existing(Option<String>),
+}
+
+/// A sweep ready to run. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Tuner {
+    start: Start,
+    store: PathBuf,
+    resume: bool,
+    progress: bool,
+    interrupt_on_ctrl_c: bool,
+    max_concurrent: Option<usize>,
+}
+
+impl Tuner {
+    /// A builder with the defaults.
+    pub fn builder() -> TunerBuilder {
+        TunerBuilder {
+            spec: Spec::new("", Mode::Min),
+            store: PathBuf::from("rung.db"),
+            resume: false,
+            progress: true,
+            interrupt_on_ctrl_c: true,
+        }
+    }
+
+    /// A tuner for a spec already loaded and validated (the CLI's `rung run`).
+    pub fn from_spec(spec: Spec, store: PathBuf) -> Self {
+        Tuner { start: Start::New(Box::new(spec)), store, resume: false, progress: true, interrupt_on_ctrl_c: true, max_concurrent: None }
+    }
+
+    /// A tuner that carries on an experiment of `store` (the newest when `experiment` is
+    /// `None`) with the spec it was started with (the CLI's `rung resume`).
+    pub fn resume_from(store: PathBuf, experiment: Option<String>) -> Self {
+        Tuner { start: Start::Existing(experiment), store, resume: true, progress: true, interrupt_on_ctrl_c: true, max_concurrent: None }
+    }
+
+    /// Change how many trials run at once (the change is logged, so resume stays exact).
+    pub fn with_max_concurrent(mut self, max_concurrent: Option<usize>) -> Self {
+        self.max_concurrent = max_concurrent;
+        self
+    }
+
+    /// Show or hide the progress bar.
+    pub fn with_progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Runs the sweep with each trial as a call of `trainable`, at most `max_concurrent` at once.
+    pub async fn run<F, Fut, E>(self, trainable: F) -> Result<SweepResult>
+    where
+        F: Fn(TrialContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: Display + Send + 'static,
+    {
+        self.execute(move |spec, _, trials_root| {
+            let grace = Duration::from_secs_f64(spec.trial.stop_grace_s);
+            Ok(Arc::new(InProcessRunner::new(trainable, trials_root, grace)) as Arc<dyn Runner>)
+        })
+        .await
+    }
+
+    /// Runs the sweep with each trial as a process of the spec's `[trial] command`.
+    pub async fn run_command(self) -> Result<SweepResult> {
+        self.execute(|spec, experiment, trials_root| {
+            if spec.trial.command.is_empty() {
+                return Err(Error::Usage(format!(
+                    "experiment \"{}\" runs in-process trials (a Rust closure); resume it from its program with .resume(true)",
+                    experiment.name
+                )));
+            }
+            Ok(Arc::new(ProcessRunner::new(ProcessConfig {
+                command: spec.trial.command.clone(),
+                workdir: spec.trial.workdir.clone().unwrap_or_else(|| PathBuf::from(".")),
+                trials_root,
+                stop_grace: Duration::from_secs_f64(spec.trial.stop_grace_s),
+                env: spec.trial.env.clone(),
+                experiment: experiment.name.clone(),
+            })) as Arc<dyn Runner>)
+        })
+        .await
+    }
+
+    async fn execute<M>(self, make_runner: M) -> Result<SweepResult>
+    where
+        M: FnOnce(&Spec, &ExperimentInfo, PathBuf) -> Result<Arc<dyn Runner>> + Send + 'static,
+    {
+        let driver = Driver::new();
+        let interrupt_on_ctrl_c = self.interrupt_on_ctrl_c;
+        let handle = driver.handle();
+        let runtime = tokio::runtime::Handle::current();
+        let (answer, result) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("rung-controller".into())
+            .spawn(move || {
+                let _ = answer.send(self.drive(driver, runtime, make_runner));
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the controller thread: {e}")))?;
+        let watch_ctrl_c = interrupt_on_ctrl_c;
+        let interrupt = tokio::spawn(async move {
+            if watch_ctrl_c && tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ninterrupted: stopping running trials (they will resume from their checkpoints)");
+                handle.interrupt();
+            }
+        });
+        let result = result.await.map_err(|_| Error::Internal("the controller thread panicked".into()));
+        interrupt.abort();
+        result?
+    }
+
+    /// Opens the store, picks the experiment, replays and runs it. Runs on its own thread.
+    fn drive<M>(self, driver: Driver, runtime: tokio::runtime::Handle, make_runner: M) -> Result<SweepResult>
+    where
+        M: FnOnce(&Spec, &ExperimentInfo, PathBuf) -> Result<Arc<dyn Runner>>,
+    {
+        let mut store = Store::open_or_create(&self.store)?;
+        let experiment = match &self.start {
+            Start::New(spec) => {
+                let existing = if self.resume { store.experiments()?.into_iter().find(|e| e.name == spec.name) } else { None };
+                match existing {
+                    Some(experiment) => experiment,
+                    None => {
+                        let json = serde_json::to_string(spec.as_ref()).expect("a spec always serializes");
+                        store.create_experiment(&spec.name, &json, spec.seed.expect("seed resolved when built"))?
+                    }
+                }
+            }
+            Start::Existing(name) => store.experiment(name.as_deref())?,
+        };
+        let spec: Spec = serde_json::from_str(&experiment.spec).map_err(tune_core::Error::from)?;
+        if experiment.is_finished() {
+            return load_result(&store, &experiment, &spec, SweepStatus::Finished { cause: experiment.end_cause.clone().unwrap_or_default() });
+        }
+        let trials_root = trials_root(&self.store, &experiment.name);
+        let runner = make_runner(&spec, &experiment, trials_root)?;
+        let seed = experiment.seed;
+        let controller = Controller::new(
+            spec.controller_config()?,
+            spec.searcher.build(&spec.space, seed)?,
+            spec.scheduler.build(&spec.metric, spec.mode, seed)?,
+        );
+        let observer: Box<dyn FnMut(&Progress) + Send> = if self.progress {
+            Box::new(progress::Display::new(&spec.metric, controller.config().max_trials).into_observer())
+        } else {
+            Box::new(|_: &Progress| {})
+        };
+        let setup = DriverSetup {
+            store,
+            experiment: experiment.clone(),
+            controller,
+            runner,
+            runtime,
+            observer,
+            max_concurrent: self.max_concurrent,
+            interrupt_grace: Duration::from_secs_f64(spec.trial.stop_grace_s) + Duration::from_secs(2),
+        };
+        let end = driver.run(setup)?;
+        let store = Store::open(&self.store)?;
+        let experiment = store.experiment(Some(&experiment.name))?;
+        let status = match end {
+            SweepEnd::Finished(summary) => SweepStatus::Finished { cause: summary.cause.label().to_owned() },
+            SweepEnd::Interrupted(_) => SweepStatus::Interrupted,
+        };
+        load_result(&store, &experiment, &spec, status)
+    }
+}
+
+/// Where the trials of `experiment` keep their folders: `<store stem>_trials/<experiment>/`
+/// beside the store.
+pub fn trials_root(store: &Path, experiment: &str) -> PathBuf {
+    let stem = store.file_stem().map_or_else(|| "rung".into(), |s| s.to_string_lossy().into_owned());
+    let parent = store.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = parent.canonicalize().unwrap_or_else(|_| parent.to_owned());
+    parent.join(format!("{stem}_trials")).join(experiment)
+}
+
+fn load_result(store: &Store, experiment: &ExperimentInfo, spec: &Spec, status: SweepStatus) -> Result<SweepResult> {
+    Ok(SweepResult {
+        experiment: experiment.name.clone(),
+        store: store.path().to_owned(),
+        status,
+        metric: spec.metric.clone(),
+        mode: spec.mode,
+        seed: experiment.seed,
+        elapsed: Duration::from_millis(experiment.elapsed_ms),
+        trials: store.trials(experiment.id)?,
+    })
+}
+
+/// Whether a status counts as a trial that produced a usable result.
+pub fn succeeded(status: TrialStatus) -> bool {
+    matches!(status, TrialStatus::Terminated(_))
+}
