@@ -9,10 +9,12 @@ pub mod error;
 pub mod progress;
 pub mod spec;
 pub mod tuner;
+pub mod workloads;
 
 pub use error::{Error, Result};
 pub use spec::Spec;
 pub use tune_core::Error as CoreError;
+pub use tune_core::driver::DriverHandle as SweepHandle;
 pub use tune_core::runner::TrialContext;
 pub use tune_core::space::{Domain, Space};
 pub use tune_core::trial::{Decision, Mode, TrialId, TrialStatus};

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tune_core::controller::{Controller, Progress};
-use tune_core::driver::{Driver, DriverSetup, Runner, SweepEnd};
+use tune_core::driver::{Driver, DriverHandle, DriverSetup, ExperimentLock, Runner, SweepEnd};
 use tune_core::runner::{InProcessRunner, ProcessConfig, ProcessRunner, TrialContext};
 use tune_core::space::Space;
 use tune_core::store::{ExperimentInfo, Store, StoredTrial};
@@ -222,6 +222,7 @@ impl TunerBuilder {
             progress: self.progress,
             interrupt_on_ctrl_c: self.interrupt_on_ctrl_c,
             max_concurrent: None,
+            driver: Driver::new(),
         })
     }
 }
@@ -233,7 +234,6 @@ enum Start {
 }
 
 /// A sweep ready to run. See the module documentation.
-#[derive(Debug, Clone)]
 pub struct Tuner {
     start: Start,
     store: PathBuf,
@@ -241,6 +241,7 @@ pub struct Tuner {
     progress: bool,
     interrupt_on_ctrl_c: bool,
     max_concurrent: Option<usize>,
+    driver: Driver,
 }
 
 impl Tuner {
@@ -257,19 +258,26 @@ impl Tuner {
 
     /// A tuner for a spec already loaded and validated (the CLI's `rung run`).
     pub fn from_spec(spec: Spec, store: PathBuf) -> Self {
-        Tuner { start: Start::New(Box::new(spec)), store, resume: false, progress: true, interrupt_on_ctrl_c: true, max_concurrent: None }
+        Tuner { start: Start::New(Box::new(spec)), store, resume: false, progress: true, interrupt_on_ctrl_c: true, max_concurrent: None, driver: Driver::new() }
     }
 
     /// A tuner that carries on an experiment of `store` (the newest when `experiment` is
     /// `None`) with the spec it was started with (the CLI's `rung resume`).
     pub fn resume_from(store: PathBuf, experiment: Option<String>) -> Self {
-        Tuner { start: Start::Existing(experiment), store, resume: true, progress: true, interrupt_on_ctrl_c: true, max_concurrent: None }
+        Tuner { start: Start::Existing(experiment), store, resume: true, progress: true, interrupt_on_ctrl_c: true, max_concurrent: None, driver: Driver::new() }
     }
 
     /// Change how many trials run at once (the change is logged, so resume stays exact).
     pub fn with_max_concurrent(mut self, max_concurrent: Option<usize>) -> Self {
         self.max_concurrent = max_concurrent;
         self
+    }
+
+    /// A handle to interrupt the run from elsewhere (another task, a signal handler): its
+    /// `interrupt()` stops running trials but leaves them resumable, like Ctrl-C; its
+    /// `stop_sweep()` ends the sweep for good.
+    pub fn handle(&self) -> DriverHandle {
+        self.driver.handle()
     }
 
     /// Show or hide the progress bar.
@@ -313,11 +321,11 @@ impl Tuner {
         .await
     }
 
-    async fn execute<M>(self, make_runner: M) -> Result<SweepResult>
+    async fn execute<M>(mut self, make_runner: M) -> Result<SweepResult>
     where
         M: FnOnce(&Spec, &ExperimentInfo, PathBuf) -> Result<Arc<dyn Runner>> + Send + 'static,
     {
-        let driver = Driver::new();
+        let driver = std::mem::take(&mut self.driver);
         let interrupt_on_ctrl_c = self.interrupt_on_ctrl_c;
         let handle = driver.handle();
         let runtime = tokio::runtime::Handle::current();
@@ -364,6 +372,7 @@ impl Tuner {
             return load_result(&store, &experiment, &spec, SweepStatus::Finished { cause: experiment.end_cause.clone().unwrap_or_default() });
         }
         let trials_root = trials_root(&self.store, &experiment.name);
+        let _lock = ExperimentLock::acquire(&trials_root, &experiment.name)?;
         let runner = make_runner(&spec, &experiment, trials_root)?;
         let seed = experiment.seed;
         let controller = Controller::new(

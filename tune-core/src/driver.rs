@@ -322,6 +322,34 @@ fn replay(store: &Store, experiment: &ExperimentInfo, controller: &mut Controlle
     Ok(())
 }
 
+/// Holds an experiment's lock: while it lives, no other process can drive the experiment.
+#[derive(Debug)]
+pub struct ExperimentLock {
+    _file: std::fs::File,
+}
+
+impl ExperimentLock {
+    /// Locks the experiment whose trial folders live in `trials_root`, or explains who holds it.
+    pub fn acquire(trials_root: &std::path::Path, experiment: &str) -> Result<Self> {
+        std::fs::create_dir_all(trials_root).map_err(|e| Error::io(format!("creating {}", trials_root.display()), e))?;
+        let path = trials_root.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        match crate::sys::try_lock_exclusive(&file) {
+            Ok(true) => Ok(ExperimentLock { _file: file }),
+            Ok(false) => Err(Error::setting(
+                "experiment",
+                format!("\"{experiment}\" is being run by another rung process right now (lock {})", path.display()),
+            )),
+            Err(e) => Err(Error::io(format!("locking {}", path.display()), e)),
+        }
+    }
+}
+
 /// Where a trial's files live under a sweep's trials folder.
 #[derive(Debug, Clone)]
 pub struct TrialFiles {

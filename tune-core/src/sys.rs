@@ -31,3 +31,16 @@ pub fn set_die_with_parent(command: &mut tokio::process::Command) {
         command.pre_exec(die_with_parent);
     }
 }
+
+/// Takes an exclusive advisory lock on `file` without waiting; `Ok(false)` when another process
+/// holds it. The lock lasts as long as the file stays open.
+pub fn try_lock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock takes a file descriptor that `file` keeps open for the call's duration.
+    let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if result == 0 {
+        return Ok(true);
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(error) }
+}
