@@ -45,6 +45,15 @@ def loss(lr, batch, layers, dropout, t):
     return base + a * t ** (-b) + 0.004 * (u - 0.5)
 
 
+def wait_until_taken(checkpoint_dir, timeout_s=30.0):
+    """Waits until rung has moved the previous checkpoint out of the folder (it empties it
+    before it reads our next line); writing into a folder that still holds the last checkpoint
+    would overwrite files rung has not taken yet."""
+    deadline = time.monotonic() + timeout_s
+    while os.listdir(checkpoint_dir) and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lr", type=float, required=True)
@@ -74,6 +83,7 @@ def main():
             sys.exit(3)
         report = {"step": t, "loss": loss(args.lr, args.batch, args.layers, args.dropout, t)}
         if checkpoint_dir and args.checkpoint_every > 0 and t % args.checkpoint_every == 0:
+            wait_until_taken(checkpoint_dir)
             with open(os.path.join(checkpoint_dir, "state.json"), "w") as f:
                 json.dump({"step": t}, f)
             report["checkpoint"] = True
