@@ -517,6 +517,26 @@ mod tests {
     }
 
     #[test]
+    fn configs_and_metrics_round_trip_bit_for_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_or_create(&dir.path().join("s.db")).unwrap();
+        let experiment = store.create_experiment("x", "{}", 1).unwrap();
+        // Shortest-representation floats that a non-round-trip parser reads back one ulp off.
+        let awkward = [0.000010179960116642381, 0.1 + 0.2, 1e-300, 5e-324, 123456789.12345679];
+        let config: Config = serde_json::from_value(serde_json::json!({"a": awkward[0], "b": awkward[1], "c": awkward[2], "d": awkward[3], "e": awkward[4]})).unwrap();
+        let metrics: crate::trial::Metrics = awkward.iter().enumerate().map(|(i, v)| (format!("m{i}"), *v)).collect();
+        let report = Report { step: 1, metrics: metrics.clone() };
+        let row = TrialRow { id: TrialId(1), status: TrialStatus::Running, config: config.clone(), failures: 0, launches: 1, last: Some(report.clone()), best: None, error: None };
+        let batch = Batch { events: vec![], records: vec![Record::Trial(row), Record::Report { trial: TrialId(1), report }] };
+        store.commit(experiment.id, &batch).unwrap();
+        assert_eq!(store.trials(experiment.id).unwrap()[0].config, config);
+        let stored = &store.reports(experiment.id, None).unwrap()[0].1.metrics;
+        for (name, value) in &metrics {
+            assert_eq!(stored[name].to_bits(), value.to_bits(), "{name}");
+        }
+    }
+
+    #[test]
     fn refuses_what_is_not_a_rung_store_and_leaves_it_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let text = dir.path().join("notes.txt");
