@@ -1,0 +1,170 @@
+//! The Rust API: in-process trials, failures, interruption and exact resume.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rung::workloads::{LearningCurve, learning_curve_space};
+use rung::{Decision, Mode, SweepStatus, Tuner, TunerBuilder};
+
+fn builder(store: &std::path::Path) -> TunerBuilder {
+    Tuner::builder()
+        .name("lib")
+        .space(learning_curve_space())
+        .metric("loss", Mode::Min)
+        .num_samples(12)
+        .max_concurrent(3)
+        .seed(99)
+        .progress(false)
+        .interrupt_on_ctrl_c(false)
+        .store(store)
+}
+
+/// A trainable of the learning-curve workload: 10 steps, a checkpoint every 2.
+async fn train(mut trial: rung::TrialContext, reports: Arc<AtomicUsize>) -> anyhow::Result<()> {
+    let curve = LearningCurve::from_config(trial.config()).unwrap();
+    let start = trial.restore().map_or(1, |(step, dir)| {
+        assert_eq!(std::fs::read_to_string(dir.join("step")).unwrap(), step.to_string());
+        step + 1
+    });
+    for step in start..=10 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        reports.fetch_add(1, Ordering::SeqCst);
+        let decision = if step % 2 == 0 {
+            std::fs::write(trial.checkpoint_dir().join("step"), step.to_string())?;
+            trial.report_checkpoint(step, [("loss", curve.loss(step))]).await
+        } else {
+            trial.report(step, [("loss", curve.loss(step))]).await
+        };
+        if decision != Decision::Continue {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_sweep_runs_every_trial_and_finds_the_best() {
+    let dir = tempfile::tempdir().unwrap();
+    let reports = Arc::new(AtomicUsize::new(0));
+    let counter = reports.clone();
+    let result = builder(&dir.path().join("s.db")).build().unwrap().run(move |trial| train(trial, counter.clone())).await.unwrap();
+    assert_eq!(result.status, SweepStatus::Finished { cause: "all_trials_done".into() });
+    assert_eq!(result.count("completed"), 12);
+    assert_eq!(reports.load(Ordering::SeqCst), 120);
+    let best = result.best().unwrap();
+    let curve = LearningCurve::from_config(&best.config).unwrap();
+    assert_eq!(best.best, Some((curve.loss(10), 10)));
+    for trial in &result.trials {
+        let (value, _) = trial.best.unwrap();
+        assert!(value >= best.best.unwrap().0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_panics_fail_trials_with_their_message_and_retries_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let seen = attempts.clone();
+    let result = builder(&dir.path().join("s.db"))
+        .num_samples(3)
+        .max_failures(1)
+        .build()
+        .unwrap()
+        .run(move |mut trial| {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                trial.report(1, [("loss", 1.0)]).await;
+                match trial.id().0 {
+                    1 => anyhow::bail!("out of memory"),
+                    2 => panic!("index out of bounds"),
+                    _ => Ok(()),
+                }
+            }
+        })
+        .await
+        .unwrap();
+    let errors: Vec<_> = result.trials.iter().map(|t| (t.status.label(), t.error.clone(), t.launches)).collect();
+    assert_eq!(
+        errors,
+        [
+            ("errored", Some("out of memory (after 2 attempts)".to_owned()), 2),
+            ("errored", Some("panicked: index out of bounds (after 2 attempts)".to_owned()), 2),
+            ("completed", None, 1),
+        ]
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_sweep_resumes_to_the_same_result_as_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let reports = Arc::new(AtomicUsize::new(0));
+
+    let counter = reports.clone();
+    let reference = builder(&dir.path().join("reference.db")).build().unwrap().run(move |t| train(t, counter.clone())).await.unwrap();
+
+    let store = dir.path().join("interrupted.db");
+    let tuner = builder(&store).build().unwrap();
+    let handle = tuner.handle();
+    let counter = Arc::new(AtomicUsize::new(0));
+    let watcher = counter.clone();
+    tokio::spawn(async move {
+        while watcher.load(Ordering::SeqCst) < 45 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        handle.interrupt();
+    });
+    let first = tuner.run(move |t| train(t, counter.clone())).await.unwrap();
+    assert_eq!(first.status, SweepStatus::Interrupted);
+    let ended_before: Vec<_> = first.trials.iter().filter(|t| t.status.is_final()).map(|t| (t.id, t.launches)).collect();
+    assert!(!ended_before.is_empty() && first.trials.len() < 12, "interrupted mid-way: {} trials", first.trials.len());
+
+    let counter = Arc::new(AtomicUsize::new(0));
+    let resumed = builder(&store).resume(true).build().unwrap().run(move |t| train(t, counter.clone())).await.unwrap();
+    assert_eq!(resumed.status, SweepStatus::Finished { cause: "all_trials_done".into() });
+    assert_eq!(resumed.experiment, "lib", "resume(true) carried on the same experiment");
+    // Same configs, same results, same best as the sweep that never stopped.
+    let configs = |r: &rung::SweepResult| r.trials.iter().map(|t| (t.id, t.config.clone(), t.best)).collect::<Vec<_>>();
+    assert_eq!(configs(&resumed), configs(&reference));
+    for (trial, launches) in ended_before {
+        let after = resumed.trials.iter().find(|t| t.id == trial).unwrap();
+        assert_eq!(after.launches, launches, "{trial} had ended and must not rerun");
+    }
+    assert!(resumed.trials.iter().any(|t| t.launches == 2), "a trial interrupted mid-run was relaunched");
+
+    // Running it once more returns the finished result without running anything.
+    let again = builder(&store).resume(true).build().unwrap().run(|_| async { anyhow::Ok(()) }).await.unwrap();
+    assert_eq!(configs(&again), configs(&resumed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_edited_by_hand_is_caught_by_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s.db");
+    let tuner = builder(&store).build().unwrap();
+    let handle = tuner.handle();
+    let counter = Arc::new(AtomicUsize::new(0));
+    let watcher = counter.clone();
+    tokio::spawn(async move {
+        while watcher.load(Ordering::SeqCst) < 10 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        handle.interrupt();
+    });
+    tuner.run(move |t| train(t, counter.clone())).await.unwrap();
+    let conn = rusqlite::Connection::open(&store).unwrap();
+    conn.execute("UPDATE trials SET config = '{\"lr\": 0.5}' WHERE trial_id = 1", []).unwrap();
+    drop(conn);
+    let error = builder(&store).resume(true).build().unwrap().run(|_| async { anyhow::Ok(()) }).await.unwrap_err();
+    assert!(error.to_string().starts_with("replay diverged from the stored log: event 1 recreated t1 with"), "{error}");
+}
+
+#[test]
+fn invalid_settings_never_reach_a_run() {
+    let error = Tuner::builder().space(learning_curve_space()).num_samples(5).build().err().unwrap();
+    assert_eq!(error.to_string(), "setting \"metric\": must name the metric to optimise");
+    let error = Tuner::builder().metric("loss", Mode::Min).max_concurrent(0).build().err().unwrap();
+    assert_eq!(error.to_string(), "setting \"max_concurrent\": must be at least 1, got 0");
+}
