@@ -29,7 +29,8 @@ async fn main() -> anyhow::Result<()> {
 
     let result = tuner
         .run(|mut trial| async move {
-            let curve = LearningCurve::from_config(trial.config()).ok_or_else(|| anyhow::anyhow!("config lacks a parameter"))?;
+            let curve = LearningCurve::from_config(trial.config())
+                .ok_or_else(|| anyhow::anyhow!("config lacks a parameter"))?;
             // A restarted trial continues after the step of its checkpoint.
             let start = match trial.restore() {
                 Some((step, _dir)) => step + 1,
@@ -54,7 +55,12 @@ async fn main() -> anyhow::Result<()> {
 
     let best = result.best().expect("some trial reported");
     let (loss, step) = best.best.expect("the best trial has a value");
-    println!("{} trials in {:.2}s; best {} loss={loss:.4} at step {step}", result.trials.len(), result.elapsed.as_secs_f64(), best.id);
+    println!(
+        "{} trials in {:.2}s; best {} loss={loss:.4} at step {step}",
+        result.trials.len(),
+        result.elapsed.as_secs_f64(),
+        best.id
+    );
     println!("config: {}", best.config.to_json());
     println!("store: {}", store.display());
     Ok(())

@@ -10,8 +10,10 @@ use rung::tuner::{best_trial, trials_root};
 use rung::{Error, Spec, SweepResult, SweepStatus, Tuner};
 use serde_json::{Value, json};
 
-/// rung — hyperparameter tuning: sample configurations from a search space, run trials, stop
-/// the weak ones early, and keep everything in a SQLite store so a killed sweep resumes exactly.
+/// rung — hyperparameter tuning: sample configurations from a search space, run trials, and
+/// keep every trial, report and checkpoint in a SQLite store so a killed sweep resumes exactly.
+///
+/// Searchers: random, grid. Schedulers: fifo (early-stopping schedulers are on the roadmap).
 ///
 /// Exit codes: 0 success, 1 failure (including a sweep whose trials all errored), 2 bad input,
 /// 130 interrupted (resume with `rung resume`).
@@ -123,7 +125,11 @@ fn main() -> ExitCode {
         1 => tracing::Level::INFO,
         _ => tracing::Level::DEBUG,
     };
-    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     match run(cli.command) {
         Ok(code) => code,
         Err(error) => {
@@ -135,7 +141,14 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode, Error> {
     match command {
-        Command::Run { spec: spec_path, db, seed, max_concurrent, name, quiet } => {
+        Command::Run {
+            spec: spec_path,
+            db,
+            seed,
+            max_concurrent,
+            name,
+            quiet,
+        } => {
             let mut spec = Spec::load(&spec_path)?;
             if let Some(seed) = seed {
                 spec.seed = Some(seed);
@@ -148,20 +161,36 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             }
             spec.validate()?;
             let db = db.unwrap_or_else(|| spec_path.parent().unwrap_or(Path::new(".")).join("rung.db"));
-            eprintln!("[rung] sweep \"{}\": {} · store {}", spec.name, describe(&spec), db.display());
+            eprintln!(
+                "[rung] sweep \"{}\": {} · store {}",
+                spec.name,
+                describe(&spec),
+                db.display()
+            );
             let result = block_on(Tuner::from_spec(spec, db).with_progress(!quiet).run_command())?;
             Ok(finish(&result))
         }
-        Command::Resume { db, experiment, max_concurrent, quiet } => {
+        Command::Resume {
+            db,
+            experiment,
+            max_concurrent,
+            quiet,
+        } => {
             let store = Store::open(&db)?;
             let info = store.experiment(experiment.as_deref())?;
             drop(store);
             if info.is_finished() {
-                println!("experiment \"{}\" has already finished ({}); nothing to resume", info.name, info.end_cause.as_deref().unwrap_or("done"));
+                println!(
+                    "experiment \"{}\" has already finished ({}); nothing to resume",
+                    info.name,
+                    info.end_cause.as_deref().unwrap_or("done")
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             eprintln!("[rung] resuming \"{}\" from {}", info.name, db.display());
-            let tuner = Tuner::resume_from(db, Some(info.name)).with_max_concurrent(max_concurrent).with_progress(!quiet);
+            let tuner = Tuner::resume_from(db, Some(info.name))
+                .with_max_concurrent(max_concurrent)
+                .with_progress(!quiet);
             let result = block_on(tuner.run_command())?;
             Ok(finish(&result))
         }
@@ -180,16 +209,29 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             };
             let (value, step) = best.best.expect("the best trial has a value");
             let reports = store.reports(info.id, Some(best.id))?;
-            let metrics = reports.into_iter().find(|(_, r)| r.step == step).map(|(_, r)| r.metrics).unwrap_or_default();
+            let metrics = reports
+                .into_iter()
+                .find(|(_, r)| r.step == step)
+                .map(|(_, r)| r.metrics)
+                .unwrap_or_default();
             if json {
-                let metrics: serde_json::Map<String, Value> = metrics.iter().map(|(k, v)| (k.clone(), metrics_serde::encode(*v))).collect();
+                let metrics: serde_json::Map<String, Value> = metrics
+                    .iter()
+                    .map(|(k, v)| (k.clone(), metrics_serde::encode(*v)))
+                    .collect();
                 let out = json!({
                     "experiment": info.name, "trial": best.id.to_string(), "metric": spec.metric, "value": metrics_serde::encode(value),
                     "step": step, "status": best.status.label(), "config": best.config.0, "metrics": metrics,
                 });
                 println!("{}", serde_json::to_string_pretty(&out).expect("json"));
             } else {
-                println!("best trial of \"{}\": {} with {}={value} at step {step} ({})", info.name, best.id, spec.metric, best.status.label());
+                println!(
+                    "best trial of \"{}\": {} with {}={value} at step {step} ({})",
+                    info.name,
+                    best.id,
+                    spec.metric,
+                    best.status.label()
+                );
                 println!("config:");
                 for (name, value) in best.config.flatten() {
                     println!("  {name} = {value}");
@@ -201,7 +243,12 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export { db, experiment, format, output } => {
+        Command::Export {
+            db,
+            experiment,
+            format,
+            output,
+        } => {
             let (store, info, spec) = open(&db, experiment.as_deref())?;
             let trials = store.trials(info.id)?;
             let text = match format {
@@ -209,7 +256,8 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                 Format::Json => export_json(&spec, &trials),
             };
             match output {
-                Some(path) => std::fs::write(&path, text).map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?,
+                Some(path) => std::fs::write(&path, text)
+                    .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?,
                 None => print!("{text}"),
             }
             Ok(ExitCode::SUCCESS)
@@ -218,7 +266,11 @@ fn run(command: Command) -> Result<ExitCode, Error> {
 }
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime").block_on(future)
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(future)
 }
 
 fn open(db: &Path, experiment: Option<&str>) -> Result<(Store, ExperimentInfo, Spec), Error> {
@@ -229,9 +281,19 @@ fn open(db: &Path, experiment: Option<&str>) -> Result<(Store, ExperimentInfo, S
 }
 
 fn describe(spec: &Spec) -> String {
-    let samples = if spec.num_samples < 0 { "unbounded".to_owned() } else { format!("{} samples", spec.num_samples) };
-    let searcher = serde_json::to_value(&spec.searcher).ok().and_then(|v| v["kind"].as_str().map(str::to_owned)).unwrap_or_default();
-    let scheduler = serde_json::to_value(&spec.scheduler).ok().and_then(|v| v["kind"].as_str().map(str::to_owned)).unwrap_or_default();
+    let samples = if spec.num_samples < 0 {
+        "unbounded".to_owned()
+    } else {
+        format!("{} samples", spec.num_samples)
+    };
+    let searcher = serde_json::to_value(&spec.searcher)
+        .ok()
+        .and_then(|v| v["kind"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let scheduler = serde_json::to_value(&spec.scheduler)
+        .ok()
+        .and_then(|v| v["kind"].as_str().map(str::to_owned))
+        .unwrap_or_default();
     format!(
         "{} {} · {samples} · {} at once · {searcher} search · {scheduler} scheduler · seed {}",
         spec.mode,
@@ -253,31 +315,59 @@ fn finish(result: &SweepResult) -> ExitCode {
     );
     let elapsed = result.elapsed.as_secs_f64();
     match &result.status {
-        SweepStatus::Finished { cause } => println!("sweep \"{}\" finished ({cause}) after {elapsed:.1}s — {counts}", result.experiment),
+        SweepStatus::Finished { cause } => println!(
+            "sweep \"{}\" finished ({cause}) after {elapsed:.1}s — {counts}",
+            result.experiment
+        ),
         SweepStatus::Interrupted => {
-            println!("sweep \"{}\" interrupted after {elapsed:.1}s — {counts}", result.experiment);
+            println!(
+                "sweep \"{}\" interrupted after {elapsed:.1}s — {counts}",
+                result.experiment
+            );
             println!("resume with: rung resume --db {}", result.store.display());
         }
     }
     match result.best() {
         Some(best) => {
             let (value, step) = best.best.expect("best has a value");
-            println!("best: {} {}={value} at step {step}  config {}", best.id, result.metric, best.config.to_json());
+            println!(
+                "best: {} {}={value} at step {step}  config {}",
+                best.id,
+                result.metric,
+                best.config.to_json()
+            );
         }
         None => println!("best: none (no trial reported \"{}\")", result.metric),
     }
     let errored: Vec<&StoredTrial> = result.trials.iter().filter(|t| t.status.label() == "errored").collect();
     for trial in errored.iter().take(5) {
-        let log = trials_root(&result.store, &result.experiment).join(trial.id.to_string()).join("trial.log");
-        println!("errored: {} — {} (log: {})", trial.id, trial.error.as_deref().unwrap_or("unknown error"), log.display());
+        let log = trials_root(&result.store, &result.experiment)
+            .join(trial.id.to_string())
+            .join("trial.log");
+        println!(
+            "errored: {} — {} (log: {})",
+            trial.id,
+            trial.error.as_deref().unwrap_or("unknown error"),
+            log.display()
+        );
     }
     if errored.len() > 5 {
-        println!("... and {} more errored trials (rung export --db {})", errored.len() - 5, result.store.display());
+        println!(
+            "... and {} more errored trials (rung export --db {})",
+            errored.len() - 5,
+            result.store.display()
+        );
     }
-    println!("store: {}  (rung status|best|export --db {})", result.store.display(), result.store.display());
+    println!(
+        "store: {}  (rung status|best|export --db {})",
+        result.store.display(),
+        result.store.display()
+    );
     match &result.status {
         SweepStatus::Interrupted => ExitCode::from(130),
-        SweepStatus::Finished { cause } if cause == "too_many_failures" || cause == "searcher_failed" => ExitCode::FAILURE,
+        SweepStatus::Finished { cause } if cause == "too_many_failures" || cause == "searcher_failed" => {
+            ExitCode::FAILURE
+        }
         SweepStatus::Finished { .. } if !errored.is_empty() && errored.len() == result.trials.len() => {
             eprintln!("error: every trial errored");
             ExitCode::FAILURE
@@ -288,7 +378,15 @@ fn finish(result: &SweepResult) -> ExitCode {
 
 fn print_status(db: &Path, info: &ExperimentInfo, spec: &Spec, trials: &[StoredTrial], json: bool) {
     let mut counts = std::collections::BTreeMap::<&str, u64>::new();
-    for label in ["pending", "running", "paused", "completed", "stopped", "sweep_ended", "errored"] {
+    for label in [
+        "pending",
+        "running",
+        "paused",
+        "completed",
+        "stopped",
+        "sweep_ended",
+        "errored",
+    ] {
         counts.insert(label, 0);
     }
     for trial in trials {
@@ -309,38 +407,74 @@ fn print_status(db: &Path, info: &ExperimentInfo, spec: &Spec, trials: &[StoredT
     println!("experiment  {} (seed {})", info.name, info.seed);
     match &info.end_cause {
         Some(cause) if info.is_finished() => println!("state       finished: {cause}"),
-        _ => println!("state       unfinished — resume with: rung resume --db {}", db.display()),
+        _ => println!(
+            "state       unfinished — resume with: rung resume --db {}",
+            db.display()
+        ),
     }
     println!("elapsed     {:.1}s", info.elapsed_ms as f64 / 1000.0);
-    let counts: Vec<String> = counts.iter().filter(|(_, n)| **n > 0).map(|(label, n)| format!("{n} {label}")).collect();
-    println!("trials      {}{}{}", trials.len(), if counts.is_empty() { "" } else { ": " }, counts.join(", "));
+    let counts: Vec<String> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(label, n)| format!("{n} {label}"))
+        .collect();
+    println!(
+        "trials      {}{}{}",
+        trials.len(),
+        if counts.is_empty() { "" } else { ": " },
+        counts.join(", ")
+    );
     match best {
-        Some((trial, (value, step))) => println!("best        {trial} {}={value} at step {step} ({})", spec.metric, spec.mode),
+        Some((trial, (value, step))) => println!(
+            "best        {trial} {}={value} at step {step} ({})",
+            spec.metric, spec.mode
+        ),
         None => println!("best        none yet"),
     }
 }
 
 fn metric_cell(value: Option<f64>) -> String {
-    value.map_or_else(String::new, |v| metrics_serde::encode(v).to_string().trim_matches('"').to_owned())
+    value.map_or_else(String::new, |v| {
+        metrics_serde::encode(v).to_string().trim_matches('"').to_owned()
+    })
 }
 
 fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_owned() }
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
 }
 
 fn export_csv(spec: &Spec, trials: &[StoredTrial]) -> String {
-    let mut columns: Vec<String> = trials.iter().flat_map(|t| t.config.flatten().into_iter().map(|(name, _)| name)).collect();
+    let mut columns: Vec<String> = trials
+        .iter()
+        .flat_map(|t| t.config.flatten().into_iter().map(|(name, _)| name))
+        .collect();
     columns.sort();
     columns.dedup();
     let metric = &spec.metric;
     let mut header = vec!["trial_id".to_owned(), "status".to_owned()];
     header.extend(columns.iter().map(|c| format!("config.{c}")));
-    header.extend([format!("last_{metric}"), format!("best_{metric}"), "best_step".into(), "steps".into(), "failures".into(), "error".into()]);
+    header.extend([
+        format!("last_{metric}"),
+        format!("best_{metric}"),
+        "best_step".into(),
+        "steps".into(),
+        "failures".into(),
+        "error".into(),
+    ]);
     let mut out = header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(",") + "\n";
     for trial in trials {
         let mut row = vec![trial.id.to_string(), trial.status.label().to_owned()];
         for column in &columns {
-            row.push(trial.config.get(column).map_or_else(String::new, rung::tune_core::value::value_to_arg));
+            row.push(
+                trial
+                    .config
+                    .get(column)
+                    .map_or_else(String::new, rung::tune_core::value::value_to_arg),
+            );
         }
         let last = trial.last.as_ref().and_then(|r| r.metrics.get(metric).copied());
         row.push(metric_cell(last));

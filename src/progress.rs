@@ -25,20 +25,39 @@ impl Display {
                 Some(total) => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(8)),
                 None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(8)),
             };
-            let template = if total.is_some() { "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}" } else { "{elapsed_precise} {spinner} {pos} done {msg}" };
-            bar.set_style(ProgressStyle::with_template(template).expect("a valid template").progress_chars("=> "));
+            let template = if total.is_some() {
+                "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}"
+            } else {
+                "{elapsed_precise} {spinner} {pos} done {msg}"
+            };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
             bar.enable_steady_tick(Duration::from_millis(250));
             bar
         });
-        Display { bar, metric: metric.to_owned(), last_plain: None, last_line: String::new() }
+        Display {
+            bar,
+            metric: metric.to_owned(),
+            last_plain: None,
+            last_line: String::new(),
+        }
     }
 
     /// The one-line summary of `progress`.
     pub fn line(&self, progress: &Progress) -> String {
-        let best = progress.best.map_or_else(|| "no result yet".to_owned(), |(trial, value, step)| format!("best {}={value:.6} ({trial} step {step})", self.metric));
+        let best = progress.best.map_or_else(
+            || "no result yet".to_owned(),
+            |(trial, value, step)| format!("best {}={value:.6} ({trial} step {step})", self.metric),
+        );
         format!(
             "{} running · {} completed · {} stopped · {} errored · {best}",
-            progress.running, progress.completed, progress.stopped + progress.sweep_ended, progress.errored
+            progress.running,
+            progress.completed,
+            progress.stopped + progress.sweep_ended,
+            progress.errored
         )
     }
 

@@ -111,7 +111,14 @@ pub struct TrialSpec {
 
 impl Default for TrialSpec {
     fn default() -> Self {
-        TrialSpec { command: Vec::new(), max_failures: 0, checkpoint_keep: None, stop_grace_s: default_stop_grace(), env: BTreeMap::new(), workdir: None }
+        TrialSpec {
+            command: Vec::new(),
+            max_failures: 0,
+            checkpoint_keep: None,
+            stop_grace_s: default_stop_grace(),
+            env: BTreeMap::new(),
+            workdir: None,
+        }
     }
 }
 
@@ -148,12 +155,28 @@ impl Spec {
     /// Reads a spec file (`.json` as JSON, anything else as TOML), fills in the defaults that
     /// depend on the machine (seed, concurrency, working directory) and validates it.
     pub fn load(path: &Path) -> Result<Spec> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Spec { path: path.to_owned(), message: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Spec {
+            path: path.to_owned(),
+            message: format!("cannot read: {e}"),
+        })?;
         let is_json = path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
-        let mut spec = if is_json { Spec::from_json_str(&text) } else { Spec::from_toml_str(&text) }
-            .map_err(|message| Error::Spec { path: path.to_owned(), message })?;
-        let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let folder = folder.canonicalize().map_err(|e| Error::Spec { path: path.to_owned(), message: format!("cannot resolve its folder: {e}") })?;
+        let mut spec = if is_json {
+            Spec::from_json_str(&text)
+        } else {
+            Spec::from_toml_str(&text)
+        }
+        .map_err(|message| Error::Spec {
+            path: path.to_owned(),
+            message,
+        })?;
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let folder = folder.canonicalize().map_err(|e| Error::Spec {
+            path: path.to_owned(),
+            message: format!("cannot resolve its folder: {e}"),
+        })?;
         spec.trial.workdir = Some(match &spec.trial.workdir {
             Some(dir) => folder.join(dir),
             None => folder,
@@ -161,7 +184,10 @@ impl Spec {
         spec.resolve_defaults();
         spec.validate()?;
         if spec.trial.command.is_empty() {
-            return Err(Error::Core(tune_core::Error::setting("trial.command", "is missing: a spec run from the command line needs the trial's command")));
+            return Err(Error::Core(tune_core::Error::setting(
+                "trial.command",
+                "is missing: a spec run from the command line needs the trial's command",
+            )));
         }
         spec.validate_command()?;
         Ok(spec)
@@ -180,7 +206,9 @@ impl Spec {
     /// Fills in a random seed and the machine's CPU count where they are absent.
     pub fn resolve_defaults(&mut self) {
         if self.seed.is_none() {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
             self.seed = Some((nanos as u64) ^ u64::from(std::process::id()).rotate_left(32));
         }
         if self.max_concurrent.is_none() {
@@ -192,13 +220,19 @@ impl Spec {
     pub fn validate(&self) -> Result<()> {
         let bad = |setting: &str, message: String| Err(Error::Core(tune_core::Error::setting(setting, message)));
         if self.name.trim().is_empty() || self.name.contains(['/', '\\']) {
-            return bad("name", format!("must be non-empty and contain no '/' or '\\', got {:?}", self.name));
+            return bad(
+                "name",
+                format!("must be non-empty and contain no '/' or '\\', got {:?}", self.name),
+            );
         }
         if self.metric.trim().is_empty() {
             return bad("metric", "must name the metric to optimise".into());
         }
         if self.num_samples == 0 || self.num_samples < -1 {
-            return bad("num_samples", format!("must be at least 1, or -1 for no limit, got {}", self.num_samples));
+            return bad(
+                "num_samples",
+                format!("must be at least 1, or -1 for no limit, got {}", self.num_samples),
+            );
         }
         if self.max_concurrent == Some(0) {
             return bad("max_concurrent", "must be at least 1, got 0".into());
@@ -206,7 +240,10 @@ impl Spec {
         if let Some(budget) = self.time_budget_s
             && !(budget.is_finite() && budget > 0.0)
         {
-            return bad("time_budget_s", format!("must be a positive number of seconds, got {budget}"));
+            return bad(
+                "time_budget_s",
+                format!("must be a positive number of seconds, got {budget}"),
+            );
         }
         if let Some(target) = self.target
             && !target.is_finite()
@@ -214,13 +251,25 @@ impl Spec {
             return bad("target", format!("must be a finite number, got {target}"));
         }
         if self.num_samples == -1 && self.time_budget_s.is_none() && self.target.is_none() {
-            return bad("num_samples", "is -1 (no limit) but nothing else ends the sweep: set time_budget_s or target".into());
+            return bad(
+                "num_samples",
+                "is -1 (no limit) but nothing else ends the sweep: set time_budget_s or target".into(),
+            );
         }
         if !(self.trial.stop_grace_s.is_finite() && self.trial.stop_grace_s >= 0.0) {
-            return bad("trial.stop_grace_s", format!("must be a non-negative number of seconds, got {}", self.trial.stop_grace_s));
+            return bad(
+                "trial.stop_grace_s",
+                format!(
+                    "must be a non-negative number of seconds, got {}",
+                    self.trial.stop_grace_s
+                ),
+            );
         }
         if self.trial.checkpoint_keep == Some(0) {
-            return bad("trial.checkpoint_keep", "must be at least 1 (leave it out to keep every checkpoint), got 0".into());
+            return bad(
+                "trial.checkpoint_keep",
+                "must be at least 1 (leave it out to keep every checkpoint), got 0".into(),
+            );
         }
         if self.max_failed_trials == Some(0) {
             return bad("max_failed_trials", "must be at least 1, got 0".into());
@@ -238,14 +287,21 @@ impl Spec {
         };
         let workdir = self.trial.workdir.clone().unwrap_or_else(|| PathBuf::from("."));
         if resolve_program(program, &workdir).is_none() {
-            let where_ = if program.contains('/') { format!("in {}", workdir.display()) } else { "on PATH".into() };
+            let where_ = if program.contains('/') {
+                format!("in {}", workdir.display())
+            } else {
+                "on PATH".into()
+            };
             return bad(format!("program \"{program}\" not found {where_}, or not executable"));
         }
         let known = self.space.parameter_names();
         for arg in &self.trial.command {
             for name in placeholders(arg) {
                 if name != "config" && name != "trial_id" && !known.contains(&name) {
-                    return bad(format!("placeholder {{{name}}} names no parameter of the space (known: {}, config, trial_id)", known.join(", ")));
+                    return bad(format!(
+                        "placeholder {{{name}}} names no parameter of the space (known: {}, config, trial_id)",
+                        known.join(", ")
+                    ));
                 }
             }
         }
@@ -258,7 +314,9 @@ impl Spec {
         Ok(ControllerConfig {
             metric: self.metric.clone(),
             mode: self.mode,
-            max_trials: u64::try_from(self.num_samples).ok().map(|n| n.saturating_mul(per_sample)),
+            max_trials: u64::try_from(self.num_samples)
+                .ok()
+                .map(|n| n.saturating_mul(per_sample)),
             max_concurrent: self.max_concurrent.unwrap_or(1),
             time_budget: self.time_budget_s.map(Duration::from_secs_f64),
             target: self.target,
@@ -320,19 +378,31 @@ stop_grace_s = 10
     #[test]
     fn unknown_keys_and_syntax_errors_give_line_and_column() {
         let error = Spec::from_toml_str(&QUICK.replace("seed = 42", "sed = 42")).unwrap_err();
-        assert!(error.contains("line 7, column 1") && error.contains("unknown field `sed`"), "{error}");
+        assert!(
+            error.contains("line 7, column 1") && error.contains("unknown field `sed`"),
+            "{error}"
+        );
         let error = Spec::from_toml_str(&QUICK.replace("stop_grace_s = 10", "stop_grace = 10")).unwrap_err();
-        assert!(error.contains("line 25") && error.contains("unknown field `stop_grace`"), "{error}");
+        assert!(
+            error.contains("line 28, column 1") && error.contains("unknown field `stop_grace`"),
+            "{error}"
+        );
         let error = Spec::from_toml_str(&QUICK.replace("mode = \"min\"", "mode = min")).unwrap_err();
         assert!(error.contains("line 4, column 8"), "{error}");
         let error = Spec::from_json_str("{\"metric\": \"loss\", \"mode\": \"min\",\n \"colour\": 1}").unwrap_err();
-        assert!(error.contains("unknown field `colour`") && error.contains("line 2 column"), "{error}");
+        assert!(
+            error.contains("unknown field `colour`") && error.contains("line 2 column"),
+            "{error}"
+        );
     }
 
     #[test]
     fn unknown_searcher_or_scheduler_is_named() {
         let error = Spec::from_toml_str(&QUICK.replace("kind = \"fifo\"", "kind = \"hyperbandit\"")).unwrap_err();
-        assert!(error.contains("unknown variant `hyperbandit`, expected `fifo`"), "{error}");
+        assert!(
+            error.contains("unknown variant `hyperbandit`, expected `fifo`"),
+            "{error}"
+        );
         let error = Spec::from_toml_str(&QUICK.replace("kind = \"random\"", "kind = \"bayes\"")).unwrap_err();
         assert!(error.contains("unknown variant `bayes`"), "{error}");
     }
@@ -340,21 +410,55 @@ stop_grace_s = 10
     #[test]
     fn invalid_domain_is_named_with_its_location() {
         let error = Spec::from_toml_str(&QUICK.replace("[1e-5, 1e-1]", "[0, 1e-1]")).unwrap_err();
-        assert!(error.contains("parameter \"lr\": loguniform needs 0 < low < high, got low=0, high=0.1"), "{error}");
+        assert!(
+            error.contains("parameter \"lr\": loguniform needs 0 < low < high, got low=0, high=0.1"),
+            "{error}"
+        );
         assert!(error.contains("line "), "{error}");
         let error = Spec::from_toml_str(&QUICK.replace("{ randint = [1, 8] }", "{ uniform = [nan, 8] }")).unwrap_err();
-        assert!(error.contains("parameter \"layers\": uniform needs finite low, got low=NaN"), "{error}");
+        assert!(
+            error.contains("parameter \"layers\": uniform needs finite low, got low=NaN"),
+            "{error}"
+        );
     }
 
     #[test]
     fn settings_that_cannot_work_are_rejected_by_name() {
-        let check = |from: &str, to: &str| Spec::from_toml_str(&QUICK.replace(from, to)).unwrap().validate().unwrap_err().to_string();
-        assert_eq!(check("num_samples = 100", "num_samples = 0"), "setting \"num_samples\": must be at least 1, or -1 for no limit, got 0");
-        assert_eq!(check("max_concurrent = 4", "max_concurrent = 0"), "setting \"max_concurrent\": must be at least 1, got 0");
-        assert_eq!(check("checkpoint_keep = 2", "checkpoint_keep = 0"), "setting \"trial.checkpoint_keep\": must be at least 1 (leave it out to keep every checkpoint), got 0");
-        assert_eq!(check("time_budget_s = 600", "time_budget_s = -1"), "setting \"time_budget_s\": must be a positive number of seconds, got -1");
-        let unbounded = QUICK.replace("num_samples = 100", "num_samples = -1").replace("time_budget_s = 600\n", "").replace("target = 0.05\n", "");
-        assert!(Spec::from_toml_str(&unbounded).unwrap().validate().unwrap_err().to_string().contains("nothing else ends the sweep"));
+        let check = |from: &str, to: &str| {
+            Spec::from_toml_str(&QUICK.replace(from, to))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            check("num_samples = 100", "num_samples = 0"),
+            "setting \"num_samples\": must be at least 1, or -1 for no limit, got 0"
+        );
+        assert_eq!(
+            check("max_concurrent = 4", "max_concurrent = 0"),
+            "setting \"max_concurrent\": must be at least 1, got 0"
+        );
+        assert_eq!(
+            check("checkpoint_keep = 2", "checkpoint_keep = 0"),
+            "setting \"trial.checkpoint_keep\": must be at least 1 (leave it out to keep every checkpoint), got 0"
+        );
+        assert_eq!(
+            check("time_budget_s = 600", "time_budget_s = -1"),
+            "setting \"time_budget_s\": must be a positive number of seconds, got -1"
+        );
+        let unbounded = QUICK
+            .replace("num_samples = 100", "num_samples = -1")
+            .replace("time_budget_s = 600\n", "")
+            .replace("target = 0.05\n", "");
+        assert!(
+            Spec::from_toml_str(&unbounded)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("nothing else ends the sweep")
+        );
         assert_eq!(
             check("kind = \"random\"", "kind = \"grid\""),
             "parameter \"lr\": grid search cannot enumerate a loguniform domain: it is continuous and has no grid values; use grid = [...] or random search"
@@ -365,7 +469,11 @@ stop_grace_s = 10
     fn command_program_and_placeholders_are_checked() {
         let mut spec = Spec::from_toml_str(QUICK).unwrap();
         spec.trial.workdir = Some(std::env::temp_dir());
-        spec.trial.command = vec!["sh".into(), "-c".into(), "echo {lr} {optimizer.momentum} {config}".into()];
+        spec.trial.command = vec![
+            "sh".into(),
+            "-c".into(),
+            "echo {lr} {optimizer.momentum} {config}".into(),
+        ];
         spec.validate_command().unwrap();
         spec.trial.command = vec!["no-such-program-xyz".into()];
         assert_eq!(
@@ -373,6 +481,11 @@ stop_grace_s = 10
             "setting \"trial.command\": program \"no-such-program-xyz\" not found on PATH, or not executable"
         );
         spec.trial.command = vec!["sh".into(), "{learning_rate}".into()];
-        assert!(spec.validate_command().unwrap_err().to_string().starts_with("setting \"trial.command\": placeholder {learning_rate} names no parameter"));
+        assert!(
+            spec.validate_command()
+                .unwrap_err()
+                .to_string()
+                .starts_with("setting \"trial.command\": placeholder {learning_rate} names no parameter")
+        );
     }
 }

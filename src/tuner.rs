@@ -192,8 +192,10 @@ impl TunerBuilder {
         self.store = path.as_ref().to_owned();
         self
     }
-    /// Carry on the unfinished experiment of this name in the store, if there is one, instead
-    /// of starting a new one. Default false.
+    /// Carry on the experiment of this name in the store, if there is one, instead of starting
+    /// a new one (`name-2`, ...). It runs with the spec it was started with — a different space
+    /// or setting given here is ignored, with a warning — and one that has already finished is
+    /// returned as it is, without running anything. Default false.
     pub fn resume(mut self, resume: bool) -> Self {
         self.resume = resume;
         self
@@ -258,13 +260,29 @@ impl Tuner {
 
     /// A tuner for a spec already loaded and validated (the CLI's `rung run`).
     pub fn from_spec(spec: Spec, store: PathBuf) -> Self {
-        Tuner { start: Start::New(Box::new(spec)), store, resume: false, progress: true, interrupt_on_ctrl_c: true, max_concurrent: None, driver: Driver::new() }
+        Tuner {
+            start: Start::New(Box::new(spec)),
+            store,
+            resume: false,
+            progress: true,
+            interrupt_on_ctrl_c: true,
+            max_concurrent: None,
+            driver: Driver::new(),
+        }
     }
 
     /// A tuner that carries on an experiment of `store` (the newest when `experiment` is
     /// `None`) with the spec it was started with (the CLI's `rung resume`).
     pub fn resume_from(store: PathBuf, experiment: Option<String>) -> Self {
-        Tuner { start: Start::Existing(experiment), store, resume: true, progress: true, interrupt_on_ctrl_c: true, max_concurrent: None, driver: Driver::new() }
+        Tuner {
+            start: Start::Existing(experiment),
+            store,
+            resume: true,
+            progress: true,
+            interrupt_on_ctrl_c: true,
+            max_concurrent: None,
+            driver: Driver::new(),
+        }
     }
 
     /// Change how many trials run at once (the change is logged, so resume stays exact).
@@ -339,11 +357,19 @@ impl Tuner {
         let watch_ctrl_c = interrupt_on_ctrl_c;
         let interrupt = tokio::spawn(async move {
             if watch_ctrl_c && tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\ninterrupted: stopping running trials (they will resume from their checkpoints)");
+                eprintln!(
+                    "\ninterrupted: stopping running trials (they resume from their checkpoints); Ctrl-C again to quit at once"
+                );
                 handle.interrupt();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    // Everything answered so far is committed; trial processes die with us.
+                    std::process::exit(130);
+                }
             }
         });
-        let result = result.await.map_err(|_| Error::Internal("the controller thread panicked".into()));
+        let result = result
+            .await
+            .map_err(|_| Error::Internal("the controller thread panicked".into()));
         interrupt.abort();
         result?
     }
@@ -356,9 +382,16 @@ impl Tuner {
         let mut store = Store::open_or_create(&self.store)?;
         let experiment = match &self.start {
             Start::New(spec) => {
-                let existing = if self.resume { store.experiments()?.into_iter().find(|e| e.name == spec.name) } else { None };
+                let existing = if self.resume {
+                    store.experiments()?.into_iter().find(|e| e.name == spec.name)
+                } else {
+                    None
+                };
                 match existing {
-                    Some(experiment) => experiment,
+                    Some(experiment) => {
+                        warn_if_settings_differ(&experiment, spec);
+                        experiment
+                    }
                     None => {
                         let json = serde_json::to_string(spec.as_ref()).expect("a spec always serializes");
                         store.create_experiment(&spec.name, &json, spec.seed.expect("seed resolved when built"))?
@@ -369,7 +402,14 @@ impl Tuner {
         };
         let spec: Spec = serde_json::from_str(&experiment.spec).map_err(tune_core::Error::from)?;
         if experiment.is_finished() {
-            return load_result(&store, &experiment, &spec, SweepStatus::Finished { cause: experiment.end_cause.clone().unwrap_or_default() });
+            return load_result(
+                &store,
+                &experiment,
+                &spec,
+                SweepStatus::Finished {
+                    cause: experiment.end_cause.clone().unwrap_or_default(),
+                },
+            );
         }
         let trials_root = trials_root(&self.store, &experiment.name);
         let _lock = ExperimentLock::acquire(&trials_root, &experiment.name)?;
@@ -399,18 +439,42 @@ impl Tuner {
         let store = Store::open(&self.store)?;
         let experiment = store.experiment(Some(&experiment.name))?;
         let status = match end {
-            SweepEnd::Finished(summary) => SweepStatus::Finished { cause: summary.cause.label().to_owned() },
+            SweepEnd::Finished(summary) => SweepStatus::Finished {
+                cause: summary.cause.label().to_owned(),
+            },
             SweepEnd::Interrupted(_) => SweepStatus::Interrupted,
         };
         load_result(&store, &experiment, &spec, status)
     }
 }
 
+/// Warns when a resumed experiment's stored spec differs from the settings given now.
+fn warn_if_settings_differ(experiment: &ExperimentInfo, given: &Spec) {
+    let Ok(mut stored) = serde_json::from_str::<Spec>(&experiment.spec) else {
+        return;
+    };
+    // The seed and concurrency of a builder without explicit ones are filled in per run.
+    stored.seed = given.seed;
+    stored.max_concurrent = given.max_concurrent;
+    if stored != *given {
+        tracing::warn!(experiment = %experiment.name, "resuming with the stored spec; the settings given now differ from it and are ignored");
+        eprintln!(
+            "warning: experiment \"{}\" resumes with the spec it was started with; the settings given now differ and are ignored",
+            experiment.name
+        );
+    }
+}
+
 /// Where the trials of `experiment` keep their folders: `<store stem>_trials/<experiment>/`
 /// beside the store.
 pub fn trials_root(store: &Path, experiment: &str) -> PathBuf {
-    let stem = store.file_stem().map_or_else(|| "rung".into(), |s| s.to_string_lossy().into_owned());
-    let parent = store.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let stem = store
+        .file_stem()
+        .map_or_else(|| "rung".into(), |s| s.to_string_lossy().into_owned());
+    let parent = store
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let parent = parent.canonicalize().unwrap_or_else(|_| parent.to_owned());
     parent.join(format!("{stem}_trials")).join(experiment)
 }

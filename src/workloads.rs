@@ -44,10 +44,15 @@ impl LearningCurve {
         let g = (self.batch as f64).log2();
         let layers = self.layers as f64;
         let d = self.dropout;
-        let base = 0.05 + 0.30 * ((z + 3.5) / 1.5).powi(2) + 0.03 * (g - 5.0).powi(2) + 0.20 / layers + 0.40 * (d - 0.3).powi(2);
+        let base = 0.05
+            + 0.30 * ((z + 3.5) / 1.5).powi(2)
+            + 0.03 * (g - 5.0).powi(2)
+            + 0.20 / layers
+            + 0.40 * (d - 0.3).powi(2);
         let a = 0.3 + 0.2 * layers + 1.5 * d;
         let b = 0.8 + 1.0 / (1.0 + (-2.0 * (z + 3.0)).exp()) - 0.06 * layers;
-        let seed = self.lr.to_bits() ^ self.dropout.to_bits().rotate_left(17) ^ (self.batch << 32) ^ (self.layers << 48) ^ t;
+        let seed =
+            self.lr.to_bits() ^ self.dropout.to_bits().rotate_left(17) ^ (self.batch << 32) ^ (self.layers << 48) ^ t;
         let u = splitmix64(seed) as f64 / 2f64.powi(64);
         base + a * (t as f64).powf(-b) + 0.004 * (u - 0.5)
     }
@@ -78,18 +83,35 @@ mod tests {
             (0.05, 256, 1, 0.0, 3, 1.278765930544136),
             (1e-5, 16, 4, 0.45, 1, 2.2131169534679533),
         ] {
-            let loss = LearningCurve { lr, batch, layers, dropout }.loss(t);
+            let loss = LearningCurve {
+                lr,
+                batch,
+                layers,
+                dropout,
+            }
+            .loss(t);
             assert!((loss - expected).abs() < 1e-12, "{loss} != {expected}");
         }
     }
 
     #[test]
     fn deep_regularised_configs_win_in_the_end_but_start_slowly() {
-        let deep = LearningCurve { lr: 10f64.powf(-3.5), batch: 32, layers: 7, dropout: 0.3 };
-        let fast = LearningCurve { lr: 0.05, batch: 32, layers: 1, dropout: 0.0 };
+        let deep = LearningCurve {
+            lr: 10f64.powf(-3.5),
+            batch: 32,
+            layers: 7,
+            dropout: 0.3,
+        };
+        let fast = LearningCurve {
+            lr: 0.05,
+            batch: 32,
+            layers: 1,
+            dropout: 0.0,
+        };
         assert!(deep.loss(81) < fast.loss(81), "the deep config has the lower asymptote");
         assert!(deep.loss(1) > fast.loss(1), "the curves cross");
-        let noise_free = 0.05 + 0.20 / 7.0 + (0.3 + 1.4 + 0.45) * 81f64.powf(-(0.8 + 1.0 / (1.0 + 1.0f64.exp()) - 0.42));
+        let noise_free =
+            0.05 + 0.20 / 7.0 + (0.3 + 1.4 + 0.45) * 81f64.powf(-(0.8 + 1.0 / (1.0 + 1.0f64.exp()) - 0.42));
         assert!((deep.loss(81) - noise_free).abs() <= 0.002 + 1e-12);
     }
 }

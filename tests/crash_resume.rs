@@ -26,16 +26,36 @@ struct Snapshot {
 
 fn snapshot(sandbox: &Sandbox) -> Snapshot {
     let (store, info) = sandbox.store("rung.db");
-    let reports = store.reports(info.id, None).unwrap().into_iter().map(|(trial, report)| ((trial, report.step), report.metrics["loss"])).collect();
+    let reports = store
+        .reports(info.id, None)
+        .unwrap()
+        .into_iter()
+        .map(|(trial, report)| ((trial, report.step), report.metrics["loss"]))
+        .collect();
     let trials = store.trials(info.id).unwrap();
-    let ended = trials.iter().filter(|t| t.status.is_final()).map(|t| (t.id, t.launches)).collect();
+    let ended = trials
+        .iter()
+        .filter(|t| t.status.is_final())
+        .map(|t| (t.id, t.launches))
+        .collect();
     let checkpoints = store.checkpoints(info.id).unwrap();
     let running_with_checkpoint = trials
         .iter()
         .filter(|t| t.status == TrialStatus::Running)
-        .filter_map(|t| checkpoints.iter().filter(|c| c.trial == t.id).map(|c| c.step).max().map(|step| (t.id, step)))
+        .filter_map(|t| {
+            checkpoints
+                .iter()
+                .filter(|c| c.trial == t.id)
+                .map(|c| c.step)
+                .max()
+                .map(|step| (t.id, step))
+        })
         .collect();
-    Snapshot { reports, ended, running_with_checkpoint }
+    Snapshot {
+        reports,
+        ended,
+        running_with_checkpoint,
+    }
 }
 
 /// Processes whose command line mentions `marker`.
@@ -68,16 +88,31 @@ fn a_sweep_killed_with_sigkill_resumes_exactly() {
     let script = sandbox.path("trials/learning_curve.py").display().to_string();
     let spec = common::learning_curve_spec(
         &format!("num_samples = {TRIALS}\nmax_concurrent = 3"),
-        &["--steps", &STEPS.to_string(), "--sleep", "0.05", "--checkpoint-every", "3"],
+        &[
+            "--steps",
+            &STEPS.to_string(),
+            "--sleep",
+            "0.05",
+            "--checkpoint-every",
+            "3",
+        ],
         "",
     )
     .replace("\"trials/learning_curve.py\"", &format!("\"{script}\""));
     sandbox.write("spec.toml", &spec);
 
     let mut snapshots = Vec::new();
-    let kills = [Duration::from_millis(900), Duration::from_millis(700), Duration::from_millis(1000)];
+    let kills = [
+        Duration::from_millis(900),
+        Duration::from_millis(700),
+        Duration::from_millis(1000),
+    ];
     for (round, after) in kills.iter().enumerate() {
-        let args: &[&str] = if round == 0 { &["run", "spec.toml", "-q"] } else { &["resume", "--db", "rung.db", "-q"] };
+        let args: &[&str] = if round == 0 {
+            &["run", "spec.toml", "-q"]
+        } else {
+            &["resume", "--db", "rung.db", "-q"]
+        };
         let mut child = spawn(&sandbox, args);
         std::thread::sleep(*after);
         child.kill().unwrap(); // SIGKILL
@@ -87,13 +122,21 @@ fn a_sweep_killed_with_sigkill_resumes_exactly() {
         while !processes_mentioning(&script).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(processes_mentioning(&script), Vec::<String>::new(), "orphaned trials after kill {round}");
+        assert_eq!(
+            processes_mentioning(&script),
+            Vec::<String>::new(),
+            "orphaned trials after kill {round}"
+        );
         snapshots.push(snapshot(&sandbox));
     }
 
     let last = sandbox.rung(&["resume", "--db", "rung.db", "-q"]);
     assert!(last.status.success(), "{}{}", stdout(&last), stderr(&last));
-    assert!(stdout(&last).contains("finished (all_trials_done)"), "{}", stdout(&last));
+    assert!(
+        stdout(&last).contains("finished (all_trials_done)"),
+        "{}",
+        stdout(&last)
+    );
     let done = snapshot(&sandbox);
     let (store, info) = sandbox.store("rung.db");
     let trials = store.trials(info.id).unwrap();
@@ -102,19 +145,35 @@ fn a_sweep_killed_with_sigkill_resumes_exactly() {
     assert_eq!(trials.len() as u64, TRIALS);
     for trial in &trials {
         assert_eq!(trial.status.label(), "completed", "{trial:?}");
-        let steps: Vec<u64> = done.reports.keys().filter(|(t, _)| *t == trial.id).map(|(_, step)| *step).collect();
+        let steps: Vec<u64> = done
+            .reports
+            .keys()
+            .filter(|(t, _)| *t == trial.id)
+            .map(|(_, step)| *step)
+            .collect();
         assert_eq!(steps, (1..=STEPS).collect::<Vec<_>>(), "{}", trial.id);
     }
     let events = store.events(info.id).unwrap();
     let mut successes = BTreeMap::<TrialId, u32>::new();
     for logged in &events {
-        if let Event::Exited { trial, outcome: Outcome::Success } = &logged.event {
+        if let Event::Exited {
+            trial,
+            outcome: Outcome::Success,
+        } = &logged.event
+        {
             *successes.entry(*trial).or_default() += 1;
         }
     }
-    assert!(successes.values().all(|&n| n == 1) && successes.len() as u64 == TRIALS, "{successes:?}");
+    assert!(
+        successes.values().all(|&n| n == 1) && successes.len() as u64 == TRIALS,
+        "{successes:?}"
+    );
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>(), "the log has no gap and no duplicate");
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "the log has no gap and no duplicate"
+    );
     assert_eq!(events.iter().filter(|e| e.event == Event::Resume).count(), kills.len());
 
     let launches: BTreeMap<TrialId, u32> = trials.iter().map(|t| (t.id, t.launches)).collect();
@@ -122,19 +181,35 @@ fn a_sweep_killed_with_sigkill_resumes_exactly() {
     for (round, snap) in snapshots.iter().enumerate() {
         // Every report committed before a kill is still there, unchanged.
         for (key, value) in &snap.reports {
-            assert_eq!(done.reports.get(key), Some(value), "report {key:?} committed before kill {round}");
+            assert_eq!(
+                done.reports.get(key),
+                Some(value),
+                "report {key:?} committed before kill {round}"
+            );
         }
         // No trial that had ended was ever launched again.
         for (trial, count) in &snap.ended {
-            assert_eq!(launches[trial], *count, "{trial} ended before kill {round} and must not rerun");
+            assert_eq!(
+                launches[trial], *count,
+                "{trial} ended before kill {round} and must not rerun"
+            );
         }
         // Trials running at a kill restarted from their newest committed checkpoint.
         for (trial, step) in &snap.running_with_checkpoint {
             let log = std::fs::read_to_string(sandbox.path(&format!("rung_trials/lc/{trial}/trial.log"))).unwrap();
-            assert!(log.contains(&format!("restoring step {step} from")), "{trial} after kill {round}: {log}");
-            assert!(log.contains(&format!("continuing at step {}", step + 1)), "{trial}: {log}");
+            assert!(
+                log.contains(&format!("restoring step {step} from")),
+                "{trial} after kill {round}: {log}"
+            );
+            assert!(
+                log.contains(&format!("continuing at step {}", step + 1)),
+                "{trial}: {log}"
+            );
             restarted_from_checkpoint.insert(*trial);
         }
     }
-    assert!(!restarted_from_checkpoint.is_empty(), "at least one kill should land while a checkpointed trial runs");
+    assert!(
+        !restarted_from_checkpoint.is_empty(),
+        "at least one kill should land while a checkpointed trial runs"
+    );
 }

@@ -48,8 +48,18 @@ async fn an_in_process_sweep_runs_every_trial_and_finds_the_best() {
     let dir = tempfile::tempdir().unwrap();
     let reports = Arc::new(AtomicUsize::new(0));
     let counter = reports.clone();
-    let result = builder(&dir.path().join("s.db")).build().unwrap().run(move |trial| train(trial, counter.clone())).await.unwrap();
-    assert_eq!(result.status, SweepStatus::Finished { cause: "all_trials_done".into() });
+    let result = builder(&dir.path().join("s.db"))
+        .build()
+        .unwrap()
+        .run(move |trial| train(trial, counter.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        result.status,
+        SweepStatus::Finished {
+            cause: "all_trials_done".into()
+        }
+    );
     assert_eq!(result.count("completed"), 12);
     assert_eq!(reports.load(Ordering::SeqCst), 120);
     let best = result.best().unwrap();
@@ -85,12 +95,20 @@ async fn errors_and_panics_fail_trials_with_their_message_and_retries_apply() {
         })
         .await
         .unwrap();
-    let errors: Vec<_> = result.trials.iter().map(|t| (t.status.label(), t.error.clone(), t.launches)).collect();
+    let errors: Vec<_> = result
+        .trials
+        .iter()
+        .map(|t| (t.status.label(), t.error.clone(), t.launches))
+        .collect();
     assert_eq!(
         errors,
         [
             ("errored", Some("out of memory (after 2 attempts)".to_owned()), 2),
-            ("errored", Some("panicked: index out of bounds (after 2 attempts)".to_owned()), 2),
+            (
+                "errored",
+                Some("panicked: index out of bounds (after 2 attempts)".to_owned()),
+                2
+            ),
             ("completed", None, 1),
         ]
     );
@@ -103,7 +121,12 @@ async fn an_interrupted_sweep_resumes_to_the_same_result_as_an_uninterrupted_one
     let reports = Arc::new(AtomicUsize::new(0));
 
     let counter = reports.clone();
-    let reference = builder(&dir.path().join("reference.db")).build().unwrap().run(move |t| train(t, counter.clone())).await.unwrap();
+    let reference = builder(&dir.path().join("reference.db"))
+        .build()
+        .unwrap()
+        .run(move |t| train(t, counter.clone()))
+        .await
+        .unwrap();
 
     let store = dir.path().join("interrupted.db");
     let tuner = builder(&store).build().unwrap();
@@ -118,24 +141,58 @@ async fn an_interrupted_sweep_resumes_to_the_same_result_as_an_uninterrupted_one
     });
     let first = tuner.run(move |t| train(t, counter.clone())).await.unwrap();
     assert_eq!(first.status, SweepStatus::Interrupted);
-    let ended_before: Vec<_> = first.trials.iter().filter(|t| t.status.is_final()).map(|t| (t.id, t.launches)).collect();
-    assert!(!ended_before.is_empty() && first.trials.len() < 12, "interrupted mid-way: {} trials", first.trials.len());
+    let ended_before: Vec<_> = first
+        .trials
+        .iter()
+        .filter(|t| t.status.is_final())
+        .map(|t| (t.id, t.launches))
+        .collect();
+    assert!(
+        !ended_before.is_empty() && first.trials.len() < 12,
+        "interrupted mid-way: {} trials",
+        first.trials.len()
+    );
 
     let counter = Arc::new(AtomicUsize::new(0));
-    let resumed = builder(&store).resume(true).build().unwrap().run(move |t| train(t, counter.clone())).await.unwrap();
-    assert_eq!(resumed.status, SweepStatus::Finished { cause: "all_trials_done".into() });
+    let resumed = builder(&store)
+        .resume(true)
+        .build()
+        .unwrap()
+        .run(move |t| train(t, counter.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        resumed.status,
+        SweepStatus::Finished {
+            cause: "all_trials_done".into()
+        }
+    );
     assert_eq!(resumed.experiment, "lib", "resume(true) carried on the same experiment");
     // Same configs, same results, same best as the sweep that never stopped.
-    let configs = |r: &rung::SweepResult| r.trials.iter().map(|t| (t.id, t.config.clone(), t.best)).collect::<Vec<_>>();
+    let configs = |r: &rung::SweepResult| {
+        r.trials
+            .iter()
+            .map(|t| (t.id, t.config.clone(), t.best))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(configs(&resumed), configs(&reference));
     for (trial, launches) in ended_before {
         let after = resumed.trials.iter().find(|t| t.id == trial).unwrap();
         assert_eq!(after.launches, launches, "{trial} had ended and must not rerun");
     }
-    assert!(resumed.trials.iter().any(|t| t.launches == 2), "a trial interrupted mid-run was relaunched");
+    assert!(
+        resumed.trials.iter().any(|t| t.launches == 2),
+        "a trial interrupted mid-run was relaunched"
+    );
 
     // Running it once more returns the finished result without running anything.
-    let again = builder(&store).resume(true).build().unwrap().run(|_| async { anyhow::Ok(()) }).await.unwrap();
+    let again = builder(&store)
+        .resume(true)
+        .build()
+        .unwrap()
+        .run(|_| async { anyhow::Ok(()) })
+        .await
+        .unwrap();
     assert_eq!(configs(&again), configs(&resumed));
 }
 
@@ -155,16 +212,44 @@ async fn a_store_edited_by_hand_is_caught_by_replay() {
     });
     tuner.run(move |t| train(t, counter.clone())).await.unwrap();
     let conn = rusqlite::Connection::open(&store).unwrap();
-    conn.execute("UPDATE trials SET config = '{\"lr\": 0.5}' WHERE trial_id = 1", []).unwrap();
+    conn.execute("UPDATE trials SET config = '{\"lr\": 0.5}' WHERE trial_id = 1", [])
+        .unwrap();
     drop(conn);
-    let error = builder(&store).resume(true).build().unwrap().run(|_| async { anyhow::Ok(()) }).await.unwrap_err();
-    assert!(error.to_string().starts_with("replay diverged from the stored log: event 1 recreated t1 with"), "{error}");
+    let error = builder(&store)
+        .resume(true)
+        .build()
+        .unwrap()
+        .run(|_| async { anyhow::Ok(()) })
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("replay diverged from the stored log: event 1 recreated t1 with"),
+        "{error}"
+    );
 }
 
 #[test]
 fn invalid_settings_never_reach_a_run() {
-    let error = Tuner::builder().space(learning_curve_space()).num_samples(5).build().err().unwrap();
-    assert_eq!(error.to_string(), "setting \"metric\": must name the metric to optimise");
-    let error = Tuner::builder().metric("loss", Mode::Min).max_concurrent(0).build().err().unwrap();
-    assert_eq!(error.to_string(), "setting \"max_concurrent\": must be at least 1, got 0");
+    let error = Tuner::builder()
+        .space(learning_curve_space())
+        .num_samples(5)
+        .build()
+        .err()
+        .unwrap();
+    assert_eq!(
+        error.to_string(),
+        "setting \"metric\": must name the metric to optimise"
+    );
+    let error = Tuner::builder()
+        .metric("loss", Mode::Min)
+        .max_concurrent(0)
+        .build()
+        .err()
+        .unwrap();
+    assert_eq!(
+        error.to_string(),
+        "setting \"max_concurrent\": must be at least 1, got 0"
+    );
 }

@@ -57,11 +57,16 @@ mod tests {
     #[test]
     fn fifo_always_continues_and_parses() {
         let mut fifo = SchedulerConfig::Fifo.build("loss", Mode::Min, 0).unwrap();
-        let report = Report { step: 1, metrics: [("loss".to_owned(), f64::NAN)].into() };
+        let report = Report {
+            step: 1,
+            metrics: [("loss".to_owned(), f64::NAN)].into(),
+        };
         assert_eq!(fifo.on_result(TrialId(1), &report, Some(f64::NAN)), Decision::Continue);
         let parsed: SchedulerConfig = serde_json::from_str(r#"{"kind": "fifo"}"#).unwrap();
         assert_eq!(parsed, SchedulerConfig::Fifo);
-        let error = serde_json::from_str::<SchedulerConfig>(r#"{"kind": "hyperbandit"}"#).unwrap_err().to_string();
+        let error = serde_json::from_str::<SchedulerConfig>(r#"{"kind": "hyperbandit"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("unknown variant `hyperbandit`"), "{error}");
     }
 }

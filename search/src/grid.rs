@@ -56,7 +56,9 @@ fn insert_dotted(map: &mut serde_json::Map<String, Value>, dotted: &str, value: 
             map.insert(dotted.to_owned(), value);
         }
         Some((head, tail)) => {
-            let inner = map.entry(head.to_owned()).or_insert_with(|| Value::Object(serde_json::Map::new()));
+            let inner = map
+                .entry(head.to_owned())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
             if let Value::Object(inner) = inner {
                 insert_dotted(inner, tail, value);
             }
@@ -65,7 +67,12 @@ fn insert_dotted(map: &mut serde_json::Map<String, Value>, dotted: &str, value: 
 }
 
 fn collect_axes(name: &str, domain: &Domain, axes: &mut Vec<(String, Vec<Value>)>) -> Result<()> {
-    let not_enumerable = |why: &str| Error::param(name, format!("grid search cannot enumerate a {} domain: {why}", domain.kind()));
+    let not_enumerable = |why: &str| {
+        Error::param(
+            name,
+            format!("grid search cannot enumerate a {} domain: {why}", domain.kind()),
+        )
+    };
     let values: Vec<Value> = match domain {
         Domain::Grid(values) => values.clone(),
         Domain::Fixed(value) => vec![value.clone()],
@@ -73,12 +80,17 @@ fn collect_axes(name: &str, domain: &Domain, axes: &mut Vec<(String, Vec<Value>)
             .iter()
             .map(|option| match option {
                 Domain::Fixed(value) => Ok(value.clone()),
-                _ => Err(not_enumerable("its options must be plain values; use random search for nested choices")),
+                _ => Err(not_enumerable(
+                    "its options must be plain values; use random search for nested choices",
+                )),
             })
             .collect::<Result<_>>()?,
         Domain::RandInt { low, high } | Domain::LogRandInt { low, high } => {
             if high - low > MAX_VALUES {
-                return Err(not_enumerable(&format!("it has {} values, more than {MAX_VALUES}", high - low)));
+                return Err(not_enumerable(&format!(
+                    "it has {} values, more than {MAX_VALUES}",
+                    high - low
+                )));
             }
             (*low..*high).map(Value::from).collect()
         }
@@ -96,8 +108,14 @@ fn collect_axes(name: &str, domain: &Domain, axes: &mut Vec<(String, Vec<Value>)
             }
             return Ok(());
         }
-        Domain::Uniform { .. } | Domain::QUniform { .. } | Domain::LogUniform { .. } | Domain::QLogUniform { .. } | Domain::Normal { .. } => {
-            return Err(not_enumerable("it is continuous and has no grid values; use grid = [...] or random search"));
+        Domain::Uniform { .. }
+        | Domain::QUniform { .. }
+        | Domain::LogUniform { .. }
+        | Domain::QLogUniform { .. }
+        | Domain::Normal { .. } => {
+            return Err(not_enumerable(
+                "it is continuous and has no grid values; use grid = [...] or random search",
+            ));
         }
     };
     axes.push((name.to_owned(), values));
@@ -125,13 +143,19 @@ mod tests {
         assert_eq!(search.points(), 12);
         let mut seen = std::collections::BTreeSet::new();
         for n in 1..=12 {
-            let Suggestion::Config(config) = search.suggest(TrialId(n)).unwrap() else { panic!() };
+            let Suggestion::Config(config) = search.suggest(TrialId(n)).unwrap() else {
+                panic!()
+            };
             assert!(space.contains(&config), "{config:?}");
             seen.insert(config.to_json());
         }
         assert_eq!(seen.len(), 12);
-        let Suggestion::Config(first) = search.suggest(TrialId(1)).unwrap() else { panic!() };
-        let Suggestion::Config(thirteenth) = search.suggest(TrialId(13)).unwrap() else { panic!() };
+        let Suggestion::Config(first) = search.suggest(TrialId(1)).unwrap() else {
+            panic!()
+        };
+        let Suggestion::Config(thirteenth) = search.suggest(TrialId(13)).unwrap() else {
+            panic!()
+        };
         assert_eq!(first, thirteenth, "the grid repeats for the next sample");
     }
 

@@ -7,7 +7,6 @@ use tune_core::searcher::{Searcher, Suggestion};
 use tune_core::space::Space;
 use tune_core::trial::TrialId;
 
-
 /// Independent random draws; grid parameters cycle through their grid.
 ///
 /// Trial n (from 1) takes grid point (n − 1) mod grid size, so each pass over the grid is one
@@ -20,7 +19,10 @@ pub struct RandomSearch {
 impl RandomSearch {
     /// A random searcher over `space`, seeded from the experiment seed.
     pub fn new(space: Space, seed: u64) -> Self {
-        RandomSearch { space, rng: rng::stream(seed, "searcher") }
+        RandomSearch {
+            space,
+            rng: rng::stream(seed, "searcher"),
+        }
     }
 
     /// Draws one number from the searcher's stream (for tests of determinism).
@@ -57,6 +59,9 @@ mod tests {
         assert_ne!(configs[0].get("lr"), configs[3].get("lr"));
         assert!(configs.iter().all(|c| space.contains(c)));
         let mut again = RandomSearch::new(space, 5);
-        assert_eq!(again.suggest(TrialId(1)).unwrap(), Suggestion::Config(configs[0].clone()));
+        assert_eq!(
+            again.suggest(TrialId(1)).unwrap(),
+            Suggestion::Config(configs[0].clone())
+        );
     }
 }

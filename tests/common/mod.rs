@@ -33,7 +33,11 @@ impl Sandbox {
 
     /// Runs `rung` with `args` in the sandbox folder.
     pub fn rung(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_rung")).args(args).current_dir(self.dir.path()).output().expect("rung runs")
+        Command::new(env!("CARGO_BIN_EXE_rung"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("rung runs")
     }
 
     pub fn store(&self, db: &str) -> (Store, ExperimentInfo) {
@@ -82,6 +86,11 @@ pub fn stderr(output: &Output) -> String {
 }
 
 pub fn json(output: &Output) -> serde_json::Value {
-    assert!(output.status.success(), "stdout: {}\nstderr: {}", stdout(output), stderr(output));
+    assert!(
+        output.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(output),
+        stderr(output)
+    );
     serde_json::from_slice(&output.stdout).expect("JSON output")
 }

@@ -324,7 +324,10 @@ pub struct Controller {
 impl Controller {
     /// A controller with a fresh searcher and scheduler.
     pub fn new(config: ControllerConfig, searcher: Box<dyn Searcher>, scheduler: Box<dyn Scheduler>) -> Self {
-        let progress = Progress { max_trials: config.max_trials, ..Progress::default() };
+        let progress = Progress {
+            max_trials: config.max_trials,
+            ..Progress::default()
+        };
         Controller {
             config,
             searcher,
@@ -389,7 +392,11 @@ impl Controller {
         let mut commands = Vec::new();
         if self.finished {
             if let Event::Reported { trial, report, .. } = event {
-                commands.push(Command::Respond { trial: *trial, step: report.step, decision: Decision::Stop });
+                commands.push(Command::Respond {
+                    trial: *trial,
+                    step: report.step,
+                    decision: Decision::Stop,
+                });
             }
             return commands;
         }
@@ -401,7 +408,11 @@ impl Controller {
         match event {
             Event::Start => {}
             Event::Resume => self.resume(&mut commands),
-            Event::Reported { trial, report, checkpoint } => self.on_report(*trial, report, checkpoint.as_deref(), &mut commands),
+            Event::Reported {
+                trial,
+                report,
+                checkpoint,
+            } => self.on_report(*trial, report, checkpoint.as_deref(), &mut commands),
             Event::Exited { trial, outcome } => self.on_exit(*trial, outcome, &mut commands),
             Event::Tick => {}
             Event::SetMaxConcurrent { max_concurrent } => self.config.max_concurrent = (*max_concurrent).max(1),
@@ -415,7 +426,10 @@ impl Controller {
     fn set_status(&mut self, trial: TrialId, next: TrialStatus) {
         let state = self.state_mut(trial).expect("status of a known trial");
         let previous = state.status;
-        debug_assert!(previous.can_become(next), "illegal transition of {trial}: {previous:?} -> {next:?}");
+        debug_assert!(
+            previous.can_become(next),
+            "illegal transition of {trial}: {previous:?} -> {next:?}"
+        );
         state.status = next;
         *self.progress.count(previous) -= 1;
         *self.progress.count(next) += 1;
@@ -455,26 +469,40 @@ impl Controller {
         }
         self.alive.insert(trial);
         commands.push(Command::Persist(self.row(trial)));
-        commands.push(Command::Launch(Launch { trial, config, restore, attempt }));
+        commands.push(Command::Launch(Launch {
+            trial,
+            config,
+            restore,
+            attempt,
+        }));
     }
 
     /// Ends a trial for good and tells the searcher and scheduler.
-    fn finish_trial(&mut self, trial: TrialId, status: TrialStatus, error: Option<String>, commands: &mut Vec<Command>) {
+    fn finish_trial(
+        &mut self,
+        trial: TrialId,
+        status: TrialStatus,
+        error: Option<String>,
+        commands: &mut Vec<Command>,
+    ) {
         self.set_status(trial, status);
         let index = self.index(trial).expect("finish of a known trial");
         self.trials[index].error = error;
         let state = &self.trials[index];
         self.searcher.on_trial_complete(
             trial,
-            &TrialResult { config: &state.config, last: state.last.as_ref(), failed: status == TrialStatus::Errored },
+            &TrialResult {
+                config: &state.config,
+                last: state.last.as_ref(),
+                failed: status == TrialStatus::Errored,
+            },
         );
         self.scheduler.on_trial_remove(trial);
-        if status == TrialStatus::Errored {
-            if let Some(limit) = self.config.max_failed_trials
-                && self.progress.errored >= limit
-            {
-                self.begin_end(EndCause::TooManyFailures, commands);
-            }
+        if status == TrialStatus::Errored
+            && let Some(limit) = self.config.max_failed_trials
+            && self.progress.errored >= limit
+        {
+            self.begin_end(EndCause::TooManyFailures, commands);
         }
         commands.push(Command::Persist(self.row(trial)));
     }
@@ -494,7 +522,11 @@ impl Controller {
     }
 
     fn on_report(&mut self, trial: TrialId, report: &Report, checkpoint: Option<&str>, commands: &mut Vec<Command>) {
-        let respond = |decision| Command::Respond { trial, step: report.step, decision };
+        let respond = |decision| Command::Respond {
+            trial,
+            step: report.step,
+            decision,
+        };
         let Some(index) = self.index(trial) else {
             commands.push(respond(Decision::Stop));
             return;
@@ -507,6 +539,27 @@ impl Controller {
         // Reports are idempotent per (trial, step): a trial restarted from a checkpoint repeats
         // steps that were already committed; the first value stands.
         if state.last.as_ref().is_some_and(|last| report.step <= last.step) {
+            // A checkpoint taken on such a repeated step is newer than the one the trial
+            // restarted from (else the restart would have used it): keep it as a restore point.
+            if let Some(path) = checkpoint
+                && state
+                    .checkpoints
+                    .last()
+                    .is_none_or(|(newest, _)| newest.step < report.step)
+            {
+                let value = report.metrics.get(&self.config.metric).copied();
+                let checkpoint = CheckpointRef {
+                    step: report.step,
+                    path: path.to_owned(),
+                };
+                state.checkpoints.push((checkpoint.clone(), value));
+                commands.push(Command::Persist(Record::Checkpoint {
+                    trial,
+                    checkpoint,
+                    value,
+                }));
+                self.apply_keep_policy(trial, commands);
+            }
             commands.push(respond(Decision::Continue));
             return;
         }
@@ -516,7 +569,10 @@ impl Controller {
             Some(value) => {
                 state.has_metric = true;
                 state.other_metrics.clear();
-                if state.best.is_none_or(|(best, _)| self.config.mode.is_better(value, best) || best.is_nan()) {
+                if state
+                    .best
+                    .is_none_or(|(best, _)| self.config.mode.is_better(value, best) || best.is_nan())
+                {
                     state.best = Some((value, report.step));
                 }
             }
@@ -524,15 +580,28 @@ impl Controller {
             None => {}
         }
         state.last = Some(report.clone());
-        commands.push(Command::Persist(Record::Report { trial, report: report.clone() }));
+        commands.push(Command::Persist(Record::Report {
+            trial,
+            report: report.clone(),
+        }));
         if let Some(path) = checkpoint {
-            let checkpoint = CheckpointRef { step: report.step, path: path.to_owned() };
+            let checkpoint = CheckpointRef {
+                step: report.step,
+                path: path.to_owned(),
+            };
             state.checkpoints.push((checkpoint.clone(), value));
-            commands.push(Command::Persist(Record::Checkpoint { trial, checkpoint, value }));
+            commands.push(Command::Persist(Record::Checkpoint {
+                trial,
+                checkpoint,
+                value,
+            }));
             self.apply_keep_policy(trial, commands);
         }
         if let Some(value) = value
-            && self.progress.best.is_none_or(|(_, best, _)| self.config.mode.is_better(value, best))
+            && self
+                .progress
+                .best
+                .is_none_or(|(_, best, _)| self.config.mode.is_better(value, best))
             && !value.is_nan()
         {
             self.progress.best = Some((trial, value, report.step));
@@ -561,7 +630,9 @@ impl Controller {
         };
         match decision {
             Decision::Continue => commands.push(Command::Persist(self.row(trial))),
-            Decision::Stop => self.finish_trial(trial, TrialStatus::Terminated(EndReason::StoppedEarly), None, commands),
+            Decision::Stop => {
+                self.finish_trial(trial, TrialStatus::Terminated(EndReason::StoppedEarly), None, commands)
+            }
             Decision::Pause => {
                 self.set_status(trial, TrialStatus::Paused);
                 commands.push(Command::Persist(self.row(trial)));
@@ -571,22 +642,39 @@ impl Controller {
     }
 
     fn apply_keep_policy(&mut self, trial: TrialId, commands: &mut Vec<Command>) {
-        let Some(keep) = self.config.checkpoint_keep else { return };
+        let Some(keep) = self.config.checkpoint_keep else {
+            return;
+        };
         let mode = self.config.mode;
         let state = self.state_mut(trial).expect("known trial");
         let latest = state.checkpoints.len() - 1;
         let mut ranked: Vec<usize> = (0..latest).collect();
-        let score = |index: usize, checkpoints: &[(CheckpointRef, Option<f64>)]| checkpoints[index].1.map_or(f64::NEG_INFINITY, |v| mode.score(v));
+        let score = |index: usize, checkpoints: &[(CheckpointRef, Option<f64>)]| {
+            checkpoints[index].1.map_or(f64::NEG_INFINITY, |v| mode.score(v))
+        };
         // Best first; among equals the newer first.
-        ranked.sort_by(|&a, &b| score(b, &state.checkpoints).total_cmp(&score(a, &state.checkpoints)).then(b.cmp(&a)));
-        let latest_in_top = score(latest, &state.checkpoints) >= ranked.get(keep.saturating_sub(1)).map_or(f64::NEG_INFINITY, |&i| score(i, &state.checkpoints));
+        ranked.sort_by(|&a, &b| {
+            score(b, &state.checkpoints)
+                .total_cmp(&score(a, &state.checkpoints))
+                .then(b.cmp(&a))
+        });
+        let latest_in_top = score(latest, &state.checkpoints)
+            >= ranked
+                .get(keep.saturating_sub(1))
+                .map_or(f64::NEG_INFINITY, |&i| score(i, &state.checkpoints));
         let others_kept = if latest_in_top { keep.saturating_sub(1) } else { keep };
         let mut doomed: Vec<usize> = ranked.into_iter().skip(others_kept).collect();
         doomed.sort_unstable_by(|a, b| b.cmp(a));
         for index in doomed {
             let (checkpoint, _) = state.checkpoints.remove(index);
-            commands.push(Command::Persist(Record::CheckpointDeleted { trial, path: checkpoint.path.clone() }));
-            commands.push(Command::DeleteCheckpoint { trial, path: checkpoint.path });
+            commands.push(Command::Persist(Record::CheckpointDeleted {
+                trial,
+                path: checkpoint.path.clone(),
+            }));
+            commands.push(Command::DeleteCheckpoint {
+                trial,
+                path: checkpoint.path,
+            });
         }
     }
 
@@ -608,9 +696,15 @@ impl Controller {
                 let reported = if state.other_metrics.is_empty() {
                     "it reported nothing".to_owned()
                 } else {
-                    format!("it reported: {}", state.other_metrics.iter().cloned().collect::<Vec<_>>().join(", "))
+                    format!(
+                        "it reported: {}",
+                        state.other_metrics.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )
                 };
-                let error = format!("trial never reported the metric \"{}\" ({reported})", self.config.metric);
+                let error = format!(
+                    "trial never reported the metric \"{}\" ({reported})",
+                    self.config.metric
+                );
                 self.finish_trial(trial, TrialStatus::Errored, Some(error), commands);
             }
             Outcome::Success => self.finish_trial(trial, TrialStatus::Terminated(EndReason::Completed), None, commands),
@@ -620,7 +714,11 @@ impl Controller {
                     state.error = Some(reason.clone());
                     self.launch(trial, commands);
                 } else {
-                    let error = if state.failures > 1 { format!("{reason} (after {} attempts)", state.failures) } else { reason.clone() };
+                    let error = if state.failures > 1 {
+                        format!("{reason} (after {} attempts)", state.failures)
+                    } else {
+                        reason.clone()
+                    };
                     self.finish_trial(trial, TrialStatus::Errored, Some(error), commands);
                 }
             }
@@ -632,7 +730,12 @@ impl Controller {
             return;
         }
         self.ending = Some(cause);
-        let running: Vec<TrialId> = self.alive.iter().copied().filter(|&t| self.status(t) == Some(TrialStatus::Running)).collect();
+        let running: Vec<TrialId> = self
+            .alive
+            .iter()
+            .copied()
+            .filter(|&t| self.status(t) == Some(TrialStatus::Running))
+            .collect();
         for trial in running {
             self.finish_trial(trial, TrialStatus::Terminated(EndReason::SweepEnded), None, commands);
             commands.push(Command::Stop { trial });
@@ -646,7 +749,11 @@ impl Controller {
     fn fill(&mut self, commands: &mut Vec<Command>) {
         while self.ending.is_none() && self.alive.len() < self.config.max_concurrent {
             if let Some(trial) = self.scheduler.choose_trial_to_resume() {
-                debug_assert_eq!(self.status(trial), Some(TrialStatus::Paused), "scheduler resumed {trial}, which is not paused");
+                debug_assert_eq!(
+                    self.status(trial),
+                    Some(TrialStatus::Paused),
+                    "scheduler resumed {trial}, which is not paused"
+                );
                 if self.status(trial) == Some(TrialStatus::Paused) && !self.alive.contains(&trial) {
                     self.launch(trial, commands);
                     continue;
@@ -714,7 +821,11 @@ impl Controller {
         }
         self.finished = true;
         commands.push(Command::Persist(Record::ExperimentFinished { cause }));
-        commands.push(Command::Finished(Summary { cause, progress: self.progress.clone(), error: self.searcher_error.clone() }));
+        commands.push(Command::Finished(Summary {
+            cause,
+            progress: self.progress.clone(),
+            error: self.searcher_error.clone(),
+        }));
     }
 }
 
@@ -729,7 +840,9 @@ mod tests {
     struct Counting;
     impl Searcher for Counting {
         fn suggest(&mut self, trial: TrialId) -> Result<Suggestion> {
-            Ok(Suggestion::Config(serde_json::from_value(json!({"x": trial.0})).unwrap()))
+            Ok(Suggestion::Config(
+                serde_json::from_value(json!({"x": trial.0})).unwrap(),
+            ))
         }
     }
 
@@ -743,7 +856,11 @@ mod tests {
             if Some(report.step) == self.pause_at {
                 return Decision::Pause;
             }
-            if value.is_some_and(|v| v > 0.5) { Decision::Stop } else { Decision::Continue }
+            if value.is_some_and(|v| v > 0.5) {
+                Decision::Stop
+            } else {
+                Decision::Continue
+            }
         }
         fn on_trial_remove(&mut self, trial: TrialId) {
             self.removed.push(trial);
@@ -765,15 +882,32 @@ mod tests {
     }
 
     fn controller(config: ControllerConfig) -> Controller {
-        Controller::new(config, Box::new(Counting), Box::new(Threshold { pause_at: None, removed: vec![] }))
+        Controller::new(
+            config,
+            Box::new(Counting),
+            Box::new(Threshold {
+                pause_at: None,
+                removed: vec![],
+            }),
+        )
     }
 
     fn report(trial: u64, step: u64, loss: f64) -> Event {
-        Event::Reported { trial: TrialId(trial), report: Report { step, metrics: Metrics::from([("loss".into(), loss)]) }, checkpoint: None }
+        Event::Reported {
+            trial: TrialId(trial),
+            report: Report {
+                step,
+                metrics: Metrics::from([("loss".into(), loss)]),
+            },
+            checkpoint: None,
+        }
     }
 
     fn exit(trial: u64, outcome: Outcome) -> Event {
-        Event::Exited { trial: TrialId(trial), outcome }
+        Event::Exited {
+            trial: TrialId(trial),
+            outcome,
+        }
     }
 
     fn launches(commands: &[Command]) -> Vec<(u64, u32, Option<u64>)> {
@@ -801,15 +935,34 @@ mod tests {
         assert_eq!(launches(&c.handle(&Event::Start, T0)), [(1, 0, None), (2, 0, None)]);
         assert_eq!(decision(&c.handle(&report(1, 1, 0.3), T0)), Some(Decision::Continue));
         assert_eq!(decision(&c.handle(&report(2, 1, 0.9), T0)), Some(Decision::Stop));
-        assert_eq!(c.status(TrialId(2)), Some(TrialStatus::Terminated(EndReason::StoppedEarly)));
+        assert_eq!(
+            c.status(TrialId(2)),
+            Some(TrialStatus::Terminated(EndReason::StoppedEarly))
+        );
         // The stopped trial's slot frees only once its process is gone.
         assert!(launches(&c.handle(&report(1, 2, 0.2), T0)).is_empty());
-        assert_eq!(launches(&c.handle(&exit(2, Outcome::Failed { reason: "SIGTERM".into() }), T0)), [(3, 0, None)]);
+        assert_eq!(
+            launches(&c.handle(
+                &exit(
+                    2,
+                    Outcome::Failed {
+                        reason: "SIGTERM".into()
+                    }
+                ),
+                T0
+            )),
+            [(3, 0, None)]
+        );
         c.handle(&exit(1, Outcome::Success), T0);
-        assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Terminated(EndReason::Completed)));
+        assert_eq!(
+            c.status(TrialId(1)),
+            Some(TrialStatus::Terminated(EndReason::Completed))
+        );
         c.handle(&report(3, 1, 0.1), T0);
         let end = c.handle(&exit(3, Outcome::Success), T0);
-        let Some(Command::Finished(summary)) = end.last() else { panic!("{end:?}") };
+        let Some(Command::Finished(summary)) = end.last() else {
+            panic!("{end:?}")
+        };
         assert_eq!(summary.cause, EndCause::AllTrialsDone);
         assert_eq!((summary.progress.completed, summary.progress.stopped), (2, 1));
         assert_eq!(summary.progress.best, Some((TrialId(3), 0.1, 1)));
@@ -818,23 +971,66 @@ mod tests {
 
     #[test]
     fn failures_retry_from_last_checkpoint_then_error() {
-        let mut c = controller(ControllerConfig { max_trials: Some(1), ..config() });
+        let mut c = controller(ControllerConfig {
+            max_trials: Some(1),
+            ..config()
+        });
         c.handle(&Event::Start, T0);
-        c.handle(&Event::Reported { trial: TrialId(1), report: Report { step: 4, metrics: Metrics::from([("loss".into(), 0.4)]) }, checkpoint: Some("/ck/4".into()) }, T0);
-        let retry = c.handle(&exit(1, Outcome::Failed { reason: "exit code 3".into() }), T0);
+        c.handle(
+            &Event::Reported {
+                trial: TrialId(1),
+                report: Report {
+                    step: 4,
+                    metrics: Metrics::from([("loss".into(), 0.4)]),
+                },
+                checkpoint: Some("/ck/4".into()),
+            },
+            T0,
+        );
+        let retry = c.handle(
+            &exit(
+                1,
+                Outcome::Failed {
+                    reason: "exit code 3".into(),
+                },
+            ),
+            T0,
+        );
         assert_eq!(launches(&retry), [(1, 1, Some(4))]);
         assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Running));
-        let end = c.handle(&exit(1, Outcome::Failed { reason: "exit code 3".into() }), T0);
+        let end = c.handle(
+            &exit(
+                1,
+                Outcome::Failed {
+                    reason: "exit code 3".into(),
+                },
+            ),
+            T0,
+        );
         assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Errored));
-        let Some(Command::Persist(Record::Trial(row))) = end.iter().find(|c| matches!(c, Command::Persist(Record::Trial(_)))) else { panic!() };
+        let Some(Command::Persist(Record::Trial(row))) =
+            end.iter().find(|c| matches!(c, Command::Persist(Record::Trial(_))))
+        else {
+            panic!()
+        };
         assert_eq!(row.error.as_deref(), Some("exit code 3 (after 2 attempts)"));
     }
 
     #[test]
     fn missing_metric_errors_naming_it() {
-        let mut c = controller(ControllerConfig { max_trials: Some(1), ..config() });
+        let mut c = controller(ControllerConfig {
+            max_trials: Some(1),
+            ..config()
+        });
         c.handle(&Event::Start, T0);
-        let accuracy = Event::Reported { trial: TrialId(1), report: Report { step: 1, metrics: Metrics::from([("accuracy".into(), 0.9)]) }, checkpoint: None };
+        let accuracy = Event::Reported {
+            trial: TrialId(1),
+            report: Report {
+                step: 1,
+                metrics: Metrics::from([("accuracy".into(), 0.9)]),
+            },
+            checkpoint: None,
+        };
         assert_eq!(decision(&c.handle(&accuracy, T0)), Some(Decision::Continue));
         let end = c.handle(&exit(1, Outcome::Success), T0);
         assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Errored));
@@ -842,7 +1038,10 @@ mod tests {
             Command::Persist(Record::Trial(row)) => row.error.clone(),
             _ => None,
         });
-        assert_eq!(error.as_deref(), Some("trial never reported the metric \"loss\" (it reported: accuracy)"));
+        assert_eq!(
+            error.as_deref(),
+            Some("trial never reported the metric \"loss\" (it reported: accuracy)")
+        );
     }
 
     #[test]
@@ -852,42 +1051,108 @@ mod tests {
         c.handle(&report(1, 1, 0.3), T0);
         c.handle(&report(1, 2, 0.25), T0);
         let again = c.handle(&report(1, 2, 0.2), T0);
-        assert!(!again.iter().any(|c| matches!(c, Command::Persist(Record::Report { .. }))));
+        assert!(
+            !again
+                .iter()
+                .any(|c| matches!(c, Command::Persist(Record::Report { .. })))
+        );
         assert_eq!(decision(&again), Some(Decision::Continue));
         assert_eq!(c.progress().best, Some((TrialId(1), 0.25, 2)));
+        // A checkpoint on a repeated step is still kept as a newer restore point.
+        let with_checkpoint = Event::Reported {
+            trial: TrialId(1),
+            report: Report {
+                step: 2,
+                metrics: Metrics::from([("loss".into(), 0.2)]),
+            },
+            checkpoint: Some("/ck/2".into()),
+        };
+        let kept = c.handle(&with_checkpoint, T0);
+        assert!(
+            kept.iter()
+                .any(|c| matches!(c, Command::Persist(Record::Checkpoint { checkpoint, .. }) if checkpoint.step == 2))
+        );
+        let retry = c.handle(&exit(1, Outcome::Failed { reason: "oom".into() }), T0);
+        assert_eq!(launches(&retry), [(1, 1, Some(2))]);
     }
 
     #[test]
     fn target_ends_the_sweep_and_stops_everyone() {
-        let mut c = controller(ControllerConfig { target: Some(0.05), max_trials: None, ..config() });
+        let mut c = controller(ControllerConfig {
+            target: Some(0.05),
+            max_trials: None,
+            ..config()
+        });
         c.handle(&Event::Start, T0);
         let hit = c.handle(&report(2, 1, 0.01), T0);
         assert_eq!(decision(&hit), Some(Decision::Stop));
         assert!(hit.contains(&Command::Stop { trial: TrialId(1) }));
-        assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Terminated(EndReason::SweepEnded)));
+        assert_eq!(
+            c.status(TrialId(1)),
+            Some(TrialStatus::Terminated(EndReason::SweepEnded))
+        );
         c.handle(&exit(2, Outcome::Success), T0);
-        let end = c.handle(&exit(1, Outcome::Failed { reason: "signal 15".into() }), T0);
-        assert!(matches!(end.last(), Some(Command::Finished(Summary { cause: EndCause::TargetReached, .. }))));
+        let end = c.handle(
+            &exit(
+                1,
+                Outcome::Failed {
+                    reason: "signal 15".into(),
+                },
+            ),
+            T0,
+        );
+        assert!(matches!(
+            end.last(),
+            Some(Command::Finished(Summary {
+                cause: EndCause::TargetReached,
+                ..
+            }))
+        ));
         assert_eq!(c.progress().created, 2, "no trial is created once the sweep is ending");
     }
 
     #[test]
     fn time_budget_ends_the_sweep_on_a_tick() {
-        let mut c = controller(ControllerConfig { time_budget: Some(Duration::from_secs(10)), max_trials: None, ..config() });
+        let mut c = controller(ControllerConfig {
+            time_budget: Some(Duration::from_secs(10)),
+            max_trials: None,
+            ..config()
+        });
         c.handle(&Event::Start, T0);
-        assert!(c.handle(&Event::Tick, Duration::from_secs(9)).is_empty(), "a tick that changes nothing emits nothing");
+        assert!(
+            c.handle(&Event::Tick, Duration::from_secs(9)).is_empty(),
+            "a tick that changes nothing emits nothing"
+        );
         let stop = c.handle(&Event::Tick, Duration::from_secs(10));
-        assert!(stop.contains(&Command::Stop { trial: TrialId(1) }) && stop.contains(&Command::Stop { trial: TrialId(2) }));
+        assert!(
+            stop.contains(&Command::Stop { trial: TrialId(1) }) && stop.contains(&Command::Stop { trial: TrialId(2) })
+        );
         c.handle(&exit(1, Outcome::Success), Duration::from_secs(11));
         let end = c.handle(&exit(2, Outcome::Success), Duration::from_secs(11));
-        assert!(matches!(end.last(), Some(Command::Finished(Summary { cause: EndCause::TimeBudget, .. }))));
+        assert!(matches!(
+            end.last(),
+            Some(Command::Finished(Summary {
+                cause: EndCause::TimeBudget,
+                ..
+            }))
+        ));
     }
 
     #[test]
     fn resume_relaunches_running_trials_from_checkpoints() {
         let mut c = controller(config());
         c.handle(&Event::Start, T0);
-        c.handle(&Event::Reported { trial: TrialId(1), report: Report { step: 3, metrics: Metrics::from([("loss".into(), 0.4)]) }, checkpoint: Some("/ck/3".into()) }, T0);
+        c.handle(
+            &Event::Reported {
+                trial: TrialId(1),
+                report: Report {
+                    step: 3,
+                    metrics: Metrics::from([("loss".into(), 0.4)]),
+                },
+                checkpoint: Some("/ck/3".into()),
+            },
+            T0,
+        );
         c.handle(&report(2, 1, 0.9), T0); // stopped, but its process had not exited yet
         let resumed = c.handle(&Event::Resume, T0);
         // t1 restarts from its checkpoint, t2's slot is free again, so t3 starts.
@@ -897,22 +1162,45 @@ mod tests {
 
     #[test]
     fn pause_without_checkpoint_stops_instead() {
-        let scheduler = Threshold { pause_at: Some(2), removed: vec![] };
-        let mut c = Controller::new(ControllerConfig { max_trials: Some(1), ..config() }, Box::new(Counting), Box::new(scheduler));
+        let scheduler = Threshold {
+            pause_at: Some(2),
+            removed: vec![],
+        };
+        let mut c = Controller::new(
+            ControllerConfig {
+                max_trials: Some(1),
+                ..config()
+            },
+            Box::new(Counting),
+            Box::new(scheduler),
+        );
         c.handle(&Event::Start, T0);
         assert_eq!(decision(&c.handle(&report(1, 2, 0.1), T0)), Some(Decision::Stop));
         assert!(c.paused_without_checkpoint());
-        assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Terminated(EndReason::StoppedEarly)));
+        assert_eq!(
+            c.status(TrialId(1)),
+            Some(TrialStatus::Terminated(EndReason::StoppedEarly))
+        );
     }
 
     #[test]
     fn keep_policy_keeps_n_best_plus_latest() {
-        let mut c = controller(ControllerConfig { checkpoint_keep: Some(2), ..config() });
+        let mut c = controller(ControllerConfig {
+            checkpoint_keep: Some(2),
+            ..config()
+        });
         c.handle(&Event::Start, T0);
         let mut deleted = Vec::new();
         for (step, loss) in [(1, 0.5), (2, 0.3), (3, 0.4), (4, 0.35), (5, 0.6)] {
             let commands = c.handle(
-                &Event::Reported { trial: TrialId(1), report: Report { step, metrics: Metrics::from([("loss".into(), loss)]) }, checkpoint: Some(format!("/ck/{step}")) },
+                &Event::Reported {
+                    trial: TrialId(1),
+                    report: Report {
+                        step,
+                        metrics: Metrics::from([("loss".into(), loss)]),
+                    },
+                    checkpoint: Some(format!("/ck/{step}")),
+                },
                 T0,
             );
             deleted.extend(commands.into_iter().filter_map(|c| match c {
@@ -936,17 +1224,34 @@ mod tests {
 
     #[test]
     fn too_many_failed_trials_end_the_sweep() {
-        let mut c = controller(ControllerConfig { max_failures: 0, max_failed_trials: Some(1), max_trials: None, ..config() });
+        let mut c = controller(ControllerConfig {
+            max_failures: 0,
+            max_failed_trials: Some(1),
+            max_trials: None,
+            ..config()
+        });
         c.handle(&Event::Start, T0);
         let commands = c.handle(&exit(1, Outcome::Failed { reason: "boom".into() }), T0);
         assert!(commands.contains(&Command::Stop { trial: TrialId(2) }));
         let end = c.handle(&exit(2, Outcome::Success), T0);
-        assert!(matches!(end.last(), Some(Command::Finished(Summary { cause: EndCause::TooManyFailures, .. }))));
+        assert!(matches!(
+            end.last(),
+            Some(Command::Finished(Summary {
+                cause: EndCause::TooManyFailures,
+                ..
+            }))
+        ));
     }
 
     #[test]
     fn same_events_same_commands() {
-        let events = [Event::Start, report(1, 1, 0.3), report(2, 1, 0.7), exit(2, Outcome::Success), exit(1, Outcome::Success)];
+        let events = [
+            Event::Start,
+            report(1, 1, 0.3),
+            report(2, 1, 0.7),
+            exit(2, Outcome::Success),
+            exit(1, Outcome::Success),
+        ];
         let run = || {
             let mut c = controller(config());
             events.iter().map(|e| c.handle(e, T0)).collect::<Vec<_>>()

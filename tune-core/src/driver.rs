@@ -71,7 +71,11 @@ impl TrialLink {
     /// When the sweep is gone the answer is [`Decision::Stop`].
     pub async fn report(&self, report: Report, checkpoint: Option<String>) -> Decision {
         let (reply, answer) = oneshot::channel();
-        let event = Event::Reported { trial: self.trial, report, checkpoint };
+        let event = Event::Reported {
+            trial: self.trial,
+            report,
+            checkpoint,
+        };
         if self.driver.send(Inbound::Event(event, Some(reply))).is_err() {
             return Decision::Stop;
         }
@@ -89,12 +93,22 @@ impl TrialLink {
 
     /// A second link for the same launch, to report from while this one waits for the end.
     pub fn reporter(&self) -> TrialLink {
-        TrialLink { trial: self.trial, driver: self.driver.clone(), stop: self.stop.clone() }
+        TrialLink {
+            trial: self.trial,
+            driver: self.driver.clone(),
+            stop: self.stop.clone(),
+        }
     }
 
     /// Tells the driver the trial's run ended. Call exactly once per launch.
     pub fn exited(self, outcome: Outcome) {
-        let _ = self.driver.send(Inbound::Event(Event::Exited { trial: self.trial, outcome }, None));
+        let _ = self.driver.send(Inbound::Event(
+            Event::Exited {
+                trial: self.trial,
+                outcome,
+            },
+            None,
+        ));
     }
 }
 
@@ -161,7 +175,16 @@ impl Driver {
     /// Runs the sweep to its end (or interruption). Blocks: run it on a dedicated thread.
     pub fn run(self, setup: DriverSetup) -> Result<SweepEnd> {
         let Driver { sender, receiver } = self;
-        let DriverSetup { mut store, experiment, mut controller, runner, runtime, mut observer, max_concurrent, interrupt_grace } = setup;
+        let DriverSetup {
+            mut store,
+            experiment,
+            mut controller,
+            runner,
+            runtime,
+            mut observer,
+            max_concurrent,
+            interrupt_grace,
+        } = setup;
 
         let logged = store.events(experiment.id)?;
         let resuming = !logged.is_empty();
@@ -173,7 +196,10 @@ impl Driver {
         drop(logged);
         if controller.is_finished() {
             observer(controller.progress());
-            return Err(Error::setting("experiment", format!("\"{}\" has already finished; nothing to resume", experiment.name)));
+            return Err(Error::setting(
+                "experiment",
+                format!("\"{}\" has already finished; nothing to resume", experiment.name),
+            ));
         }
 
         let session_start = Instant::now();
@@ -182,7 +208,10 @@ impl Driver {
         if let Some(limit) = max_concurrent.filter(|&limit| limit != controller.config().max_concurrent) {
             waiting.push(Inbound::Event(Event::SetMaxConcurrent { max_concurrent: limit }, None));
         }
-        waiting.push(Inbound::Event(if resuming { Event::Resume } else { Event::Start }, None));
+        waiting.push(Inbound::Event(
+            if resuming { Event::Resume } else { Event::Start },
+            None,
+        ));
 
         let tick = Duration::from_millis(200);
         let mut stops: HashMap<TrialId, watch::Sender<bool>> = HashMap::new();
@@ -224,7 +253,11 @@ impl Driver {
                 let commands = controller.handle(&event, at);
                 if !(event == Event::Tick && commands.is_empty()) {
                     seq += 1;
-                    batch.events.push(LoggedEvent { seq, at_ms: at.as_millis() as u64, event });
+                    batch.events.push(LoggedEvent {
+                        seq,
+                        at_ms: at.as_millis() as u64,
+                        event,
+                    });
                 }
                 for command in commands {
                     match command {
@@ -248,7 +281,11 @@ impl Driver {
                     Command::Launch(launch) => {
                         let (stop_sender, stop) = watch::channel(false);
                         stops.insert(launch.trial, stop_sender);
-                        let link = TrialLink { trial: launch.trial, driver: sender.clone(), stop };
+                        let link = TrialLink {
+                            trial: launch.trial,
+                            driver: sender.clone(),
+                            stop,
+                        };
                         let _entered = runtime.enter();
                         runner.launch(launch, link);
                     }
@@ -299,11 +336,26 @@ fn shut_down(receiver: &Receiver<Inbound>, mut stops: HashMap<TrialId, watch::Se
 }
 
 /// Feeds the logged events to a fresh controller, checking each recreated trial's config.
-fn replay(store: &Store, experiment: &ExperimentInfo, controller: &mut Controller, logged: &[LoggedEvent]) -> Result<()> {
-    let stored: HashMap<TrialId, _> = store.trials(experiment.id)?.into_iter().map(|trial| (trial.id, trial.config)).collect();
+fn replay(
+    store: &Store,
+    experiment: &ExperimentInfo,
+    controller: &mut Controller,
+    logged: &[LoggedEvent],
+) -> Result<()> {
+    let stored: HashMap<TrialId, _> = store
+        .trials(experiment.id)?
+        .into_iter()
+        .map(|trial| (trial.id, trial.config))
+        .collect();
     for entry in logged {
         for command in controller.handle(&entry.event, Duration::from_millis(entry.at_ms)) {
-            if let Command::Launch(Launch { trial, config, attempt: 0, .. }) = command {
+            if let Command::Launch(Launch {
+                trial,
+                config,
+                attempt: 0,
+                ..
+            }) = command
+            {
                 match stored.get(&trial) {
                     Some(expected) if *expected == config => {}
                     Some(expected) => {
@@ -314,7 +366,12 @@ fn replay(store: &Store, experiment: &ExperimentInfo, controller: &mut Controlle
                             expected.to_json()
                         )));
                     }
-                    None => return Err(Error::ReplayDiverged(format!("event {} created {trial}, which the store does not hold", entry.seq))),
+                    None => {
+                        return Err(Error::ReplayDiverged(format!(
+                            "event {} created {trial}, which the store does not hold",
+                            entry.seq
+                        )));
+                    }
                 }
             }
         }
@@ -331,7 +388,8 @@ pub struct ExperimentLock {
 impl ExperimentLock {
     /// Locks the experiment whose trial folders live in `trials_root`, or explains who holds it.
     pub fn acquire(trials_root: &std::path::Path, experiment: &str) -> Result<Self> {
-        std::fs::create_dir_all(trials_root).map_err(|e| Error::io(format!("creating {}", trials_root.display()), e))?;
+        std::fs::create_dir_all(trials_root)
+            .map_err(|e| Error::io(format!("creating {}", trials_root.display()), e))?;
         let path = trials_root.join(".lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -343,7 +401,10 @@ impl ExperimentLock {
             Ok(true) => Ok(ExperimentLock { _file: file }),
             Ok(false) => Err(Error::setting(
                 "experiment",
-                format!("\"{experiment}\" is being run by another rung process right now (lock {})", path.display()),
+                format!(
+                    "\"{experiment}\" is being run by another rung process right now (lock {})",
+                    path.display()
+                ),
             )),
             Err(e) => Err(Error::io(format!("locking {}", path.display()), e)),
         }
@@ -360,7 +421,9 @@ pub struct TrialFiles {
 impl TrialFiles {
     /// The files of `trial` under `root`.
     pub fn new(root: &std::path::Path, trial: TrialId) -> Self {
-        TrialFiles { dir: root.join(trial.to_string()) }
+        TrialFiles {
+            dir: root.join(trial.to_string()),
+        }
     }
 
     /// Where the trial writes a new checkpoint (`RUNG_CHECKPOINT_DIR`).

@@ -80,17 +80,26 @@ impl Error {
 
     /// Shorthand for [`Error::InvalidParameter`].
     pub fn param(param: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::InvalidParameter { param: param.into(), message: message.into() }
+        Error::InvalidParameter {
+            param: param.into(),
+            message: message.into(),
+        }
     }
 
     /// Shorthand for [`Error::InvalidSetting`].
     pub fn setting(setting: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::InvalidSetting { setting: setting.into(), message: message.into() }
+        Error::InvalidSetting {
+            setting: setting.into(),
+            message: message.into(),
+        }
     }
 
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

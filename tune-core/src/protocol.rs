@@ -39,22 +39,35 @@ pub fn parse_report_line(line: &str) -> Option<Result<ReportLine, String>> {
 }
 
 fn parse_payload(payload: &str) -> Result<ReportLine, String> {
-    let value: serde_json::Value = serde_json::from_str(&quote_non_finite(payload)).map_err(|e| format!("not valid JSON: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&quote_non_finite(payload)).map_err(|e| format!("not valid JSON: {e}"))?;
     let serde_json::Value::Object(map) = value else {
         return Err("expected a JSON object".into());
     };
-    let mut line = ReportLine { step: None, metrics: Metrics::new(), checkpoint: false, ignored: Vec::new() };
+    let mut line = ReportLine {
+        step: None,
+        metrics: Metrics::new(),
+        checkpoint: false,
+        ignored: Vec::new(),
+    };
     for (key, value) in map {
         match key.as_str() {
             "step" => {
                 let step = value
                     .as_u64()
-                    .or_else(|| value.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.0e15).map(|f| f as u64))
+                    .or_else(|| {
+                        value
+                            .as_f64()
+                            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.0e15)
+                            .map(|f| f as u64)
+                    })
                     .ok_or_else(|| format!("\"step\" must be a non-negative integer, got {value}"))?;
                 line.step = Some(step);
             }
             "checkpoint" => {
-                line.checkpoint = value.as_bool().ok_or_else(|| format!("\"checkpoint\" must be true or false, got {value}"))?;
+                line.checkpoint = value
+                    .as_bool()
+                    .ok_or_else(|| format!("\"checkpoint\" must be true or false, got {value}"))?;
             }
             _ => match metrics_serde::decode(&value) {
                 Some(number) => {
@@ -91,7 +104,9 @@ fn quote_non_finite(payload: &str) -> String {
             rest = &rest[c.len_utf8()..];
             continue;
         }
-        let token = ["-Infinity", "Infinity", "NaN"].into_iter().find(|token| rest.starts_with(token));
+        let token = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|token| rest.starts_with(token));
         if let Some(token) = token {
             out.push('"');
             out.push_str(token);
@@ -114,11 +129,18 @@ mod tests {
 
     #[test]
     fn parses_reports() {
-        let line = parse_report_line(r#"rung:report {"step": 3, "loss": 0.41, "accuracy": 0.9, "checkpoint": true}"#).unwrap().unwrap();
+        let line = parse_report_line(r#"rung:report {"step": 3, "loss": 0.41, "accuracy": 0.9, "checkpoint": true}"#)
+            .unwrap()
+            .unwrap();
         assert_eq!(line.step, Some(3));
-        assert_eq!(line.metrics, Metrics::from([("loss".into(), 0.41), ("accuracy".into(), 0.9)]));
+        assert_eq!(
+            line.metrics,
+            Metrics::from([("loss".into(), 0.41), ("accuracy".into(), 0.9)])
+        );
         assert!(line.checkpoint);
-        let line = parse_report_line(r#"rung:report {"loss": NaN, "x": -Infinity, "note": "NaN here", "y": Infinity}"#).unwrap().unwrap();
+        let line = parse_report_line(r#"rung:report {"loss": NaN, "x": -Infinity, "note": "NaN here", "y": Infinity}"#)
+            .unwrap()
+            .unwrap();
         assert_eq!(line.step, None);
         assert!(line.metrics["loss"].is_nan());
         assert_eq!(line.metrics["x"], f64::NEG_INFINITY);
@@ -130,8 +152,16 @@ mod tests {
     fn other_lines_are_not_reports_and_bad_ones_say_why() {
         assert_eq!(parse_report_line("epoch 3 done"), None);
         assert_eq!(parse_report_line("rung:reporter {}"), None);
-        assert_eq!(parse_report_line("rung:report [1, 2]"), Some(Err("expected a JSON object".into())));
-        assert!(parse_report_line("rung:report {loss: 1}").unwrap().unwrap_err().starts_with("not valid JSON"));
+        assert_eq!(
+            parse_report_line("rung:report [1, 2]"),
+            Some(Err("expected a JSON object".into()))
+        );
+        assert!(
+            parse_report_line("rung:report {loss: 1}")
+                .unwrap()
+                .unwrap_err()
+                .starts_with("not valid JSON")
+        );
         assert_eq!(
             parse_report_line(r#"rung:report {"step": -1, "loss": 1}"#),
             Some(Err("\"step\" must be a non-negative integer, got -1".into()))

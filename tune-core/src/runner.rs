@@ -60,8 +60,8 @@ pub fn placeholders(template: &str) -> Vec<String> {
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         let tail = &rest[open..];
-        if tail.starts_with("{{") {
-            rest = &tail[2..];
+        if let Some(after) = tail.strip_prefix("{{") {
+            rest = after;
             continue;
         }
         match tail.find('}') {
@@ -79,7 +79,10 @@ pub fn placeholders(template: &str) -> Vec<String> {
 /// otherwise on `PATH`.
 pub fn resolve_program(program: &str, workdir: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let executable = |path: &Path| path.metadata().is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0);
+    let executable = |path: &Path| {
+        path.metadata()
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    };
     if program.contains('/') {
         let path = workdir.join(program);
         return executable(&path).then_some(path);
@@ -121,7 +124,9 @@ pub struct ProcessRunner {
 impl ProcessRunner {
     /// A runner for `config`.
     pub fn new(config: ProcessConfig) -> Self {
-        ProcessRunner { config: Arc::new(config) }
+        ProcessRunner {
+            config: Arc::new(config),
+        }
     }
 }
 
@@ -156,15 +161,33 @@ async fn run_process(config: &ProcessConfig, launch: &Launch, link: &mut TrialLi
     let trial = launch.trial;
     let files = TrialFiles::new(&config.trials_root, trial);
     if let Err(error) = files.prepare() {
-        return Outcome::Failed { reason: format!("cannot prepare {}: {error}", files.dir.display()) };
+        return Outcome::Failed {
+            reason: format!("cannot prepare {}: {error}", files.dir.display()),
+        };
     }
     let mut log = open_log(&files.log()).await;
-    let args: Vec<String> = config.command.iter().map(|arg| expand_placeholders(arg, &launch.config, trial)).collect();
-    let restore = launch.restore.as_ref().map_or(String::new(), |r| format!(", restoring step {} from {}", r.step, r.path));
-    log_line(&mut log, &format!("== rung: launch {} of {trial}: {}{restore}", launch.attempt + 1, args.join(" "))).await;
+    let args: Vec<String> = config
+        .command
+        .iter()
+        .map(|arg| expand_placeholders(arg, &launch.config, trial))
+        .collect();
+    let restore = launch.restore.as_ref().map_or(String::new(), |r| {
+        format!(", restoring step {} from {}", r.step, r.path)
+    });
+    log_line(
+        &mut log,
+        &format!(
+            "== rung: launch {} of {trial}: {}{restore}",
+            launch.attempt + 1,
+            args.join(" ")
+        ),
+    )
+    .await;
 
     let Some(program) = args.first() else {
-        return Outcome::Failed { reason: "the trial command is empty".into() };
+        return Outcome::Failed {
+            reason: "the trial command is empty".into(),
+        };
     };
     let mut command = tokio::process::Command::new(program);
     command
@@ -188,7 +211,11 @@ async fn run_process(config: &ProcessConfig, launch: &Launch, link: &mut TrialLi
     sys::set_die_with_parent(&mut command);
     let mut child = match command.spawn() {
         Ok(child) => child,
-        Err(error) => return Outcome::Failed { reason: format!("could not start \"{program}\": {error}") },
+        Err(error) => {
+            return Outcome::Failed {
+                reason: format!("could not start \"{program}\": {error}"),
+            };
+        }
     };
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -238,7 +265,10 @@ async fn run_process(config: &ProcessConfig, launch: &Launch, link: &mut TrialLi
             Some(Ok(parsed)) => parsed,
         };
         if !parsed.ignored.is_empty() {
-            let _ = log_sender.send(format!("== rung: non-numeric values ignored: {}", parsed.ignored.join(", ")));
+            let _ = log_sender.send(format!(
+                "== rung: non-numeric values ignored: {}",
+                parsed.ignored.join(", ")
+            ));
         }
         step = parsed.step.unwrap_or(step + 1);
         let checkpoint = if parsed.checkpoint {
@@ -246,19 +276,36 @@ async fn run_process(config: &ProcessConfig, launch: &Launch, link: &mut TrialLi
             match tokio::task::spawn_blocking(move || committer.commit_checkpoint(step)).await {
                 Ok(Ok(Some(path))) => Some(path.display().to_string()),
                 Ok(Ok(None)) => {
-                    let _ = log_sender.send(format!("== rung: step {step} declared a checkpoint but {} is empty", files.staging().display()));
+                    let _ = log_sender.send(format!(
+                        "== rung: step {step} declared a checkpoint but {} is empty",
+                        files.staging().display()
+                    ));
                     None
                 }
                 Ok(Err(error)) => {
-                    let _ = log_sender.send(format!("== rung: could not keep the checkpoint of step {step}: {error}"));
+                    let _ = log_sender.send(format!(
+                        "== rung: could not keep the checkpoint of step {step}: {error}"
+                    ));
                     None
                 }
-                Err(join) => return Outcome::Failed { reason: format!("checkpoint task failed: {join}") },
+                Err(join) => {
+                    return Outcome::Failed {
+                        reason: format!("checkpoint task failed: {join}"),
+                    };
+                }
             }
         } else {
             None
         };
-        let decision = link.report(Report { step, metrics: parsed.metrics }, checkpoint).await;
+        let decision = link
+            .report(
+                Report {
+                    step,
+                    metrics: parsed.metrics,
+                },
+                checkpoint,
+            )
+            .await;
         if decision != Decision::Continue {
             stopped = true;
             let _ = log_sender.send(format!("== rung: {decision} after step {step}"));
@@ -278,8 +325,12 @@ async fn run_process(config: &ProcessConfig, launch: &Launch, link: &mut TrialLi
     let _ = log_task.await;
     match status {
         Ok(status) if status.success() => Outcome::Success,
-        Ok(status) => Outcome::Failed { reason: describe_exit(status) },
-        Err(error) => Outcome::Failed { reason: format!("could not wait for the trial: {error}") },
+        Ok(status) => Outcome::Failed {
+            reason: describe_exit(status),
+        },
+        Err(error) => Outcome::Failed {
+            reason: format!("could not wait for the trial: {error}"),
+        },
     }
 }
 
@@ -330,8 +381,12 @@ impl TrialContext {
 
     /// The value of a (dotted) parameter, converted to `T`.
     pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
-        let value = self.config.get(name).ok_or_else(|| Error::param(name, "not in this trial's config"))?;
-        serde_json::from_value(value.clone()).map_err(|e| Error::param(name, format!("cannot be read as the requested type: {e}")))
+        let value = self
+            .config
+            .get(name)
+            .ok_or_else(|| Error::param(name, "not in this trial's config"))?;
+        serde_json::from_value(value.clone())
+            .map_err(|e| Error::param(name, format!("cannot be read as the requested type: {e}")))
     }
 
     /// The checkpoint to restore from (its step and folder), when the trial resumes.
@@ -346,17 +401,30 @@ impl TrialContext {
 
     /// Reports metrics at `step` and returns the scheduler's decision. After a decision other
     /// than `Continue`, every further report returns `Stop` at once: return from the trial.
-    pub async fn report<K: Into<String>>(&mut self, step: u64, metrics: impl IntoIterator<Item = (K, f64)>) -> Decision {
+    pub async fn report<K: Into<String>>(
+        &mut self,
+        step: u64,
+        metrics: impl IntoIterator<Item = (K, f64)>,
+    ) -> Decision {
         self.send(step, metrics, false).await
     }
 
     /// Like [`TrialContext::report`], declaring the files now in
     /// [`TrialContext::checkpoint_dir`] a checkpoint at `step`.
-    pub async fn report_checkpoint<K: Into<String>>(&mut self, step: u64, metrics: impl IntoIterator<Item = (K, f64)>) -> Decision {
+    pub async fn report_checkpoint<K: Into<String>>(
+        &mut self,
+        step: u64,
+        metrics: impl IntoIterator<Item = (K, f64)>,
+    ) -> Decision {
         self.send(step, metrics, true).await
     }
 
-    async fn send<K: Into<String>>(&mut self, step: u64, metrics: impl IntoIterator<Item = (K, f64)>, checkpoint: bool) -> Decision {
+    async fn send<K: Into<String>>(
+        &mut self,
+        step: u64,
+        metrics: impl IntoIterator<Item = (K, f64)>,
+        checkpoint: bool,
+    ) -> Decision {
         if self.stopped {
             return Decision::Stop;
         }
@@ -392,7 +460,11 @@ pub struct InProcessRunner<F> {
 impl<F> InProcessRunner<F> {
     /// A runner calling `trainable` for each trial; trial folders go under `trials_root`.
     pub fn new(trainable: F, trials_root: PathBuf, stop_grace: Duration) -> Self {
-        InProcessRunner { trainable: Arc::new(trainable), trials_root, stop_grace }
+        InProcessRunner {
+            trainable: Arc::new(trainable),
+            trials_root,
+            stop_grace,
+        }
     }
 }
 
@@ -408,7 +480,9 @@ where
         let grace = self.stop_grace;
         tokio::spawn(async move {
             if let Err(error) = files.prepare() {
-                link.exited(Outcome::Failed { reason: format!("cannot prepare {}: {error}", files.dir.display()) });
+                link.exited(Outcome::Failed {
+                    reason: format!("cannot prepare {}: {error}", files.dir.display()),
+                });
                 return;
             }
             let context = TrialContext {
@@ -432,7 +506,9 @@ where
             };
             let outcome = match result {
                 Ok(Ok(())) => Outcome::Success,
-                Ok(Err(error)) => Outcome::Failed { reason: error.to_string() },
+                Ok(Err(error)) => Outcome::Failed {
+                    reason: error.to_string(),
+                },
                 Err(join) if join.is_panic() => {
                     let payload = join.into_panic();
                     let message = payload
@@ -440,9 +516,13 @@ where
                         .map(|s| (*s).to_owned())
                         .or_else(|| payload.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "a non-string panic".into());
-                    Outcome::Failed { reason: format!("panicked: {message}") }
+                    Outcome::Failed {
+                        reason: format!("panicked: {message}"),
+                    }
                 }
-                Err(join) => Outcome::Failed { reason: format!("cancelled: {join}") },
+                Err(join) => Outcome::Failed {
+                    reason: format!("cancelled: {join}"),
+                },
             };
             link.exited(outcome);
         });

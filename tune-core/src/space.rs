@@ -208,7 +208,10 @@ impl Domain {
             if value.is_finite() {
                 Ok(())
             } else {
-                Err(Error::param(param, format!("{kind} needs finite {name}, got {name}={value}")))
+                Err(Error::param(
+                    param,
+                    format!("{kind} needs finite {name}, got {name}={value}"),
+                ))
             }
         };
         match *self {
@@ -228,7 +231,9 @@ impl Domain {
             }
             Domain::RandInt { low, high } => {
                 if low >= high {
-                    return fail(format!("randint needs low < high (high is exclusive), got low={low}, high={high}"));
+                    return fail(format!(
+                        "randint needs low < high (high is exclusive), got low={low}, high={high}"
+                    ));
                 }
             }
             Domain::QRandInt { low, high, q } => {
@@ -257,7 +262,9 @@ impl Domain {
                 }
                 for (index, option) in options.iter().enumerate() {
                     if option.contains_grid() {
-                        return fail(format!("choice option {index} contains a grid, which is not supported inside a choice"));
+                        return fail(format!(
+                            "choice option {index} contains a grid, which is not supported inside a choice"
+                        ));
                     }
                     option.validate(&format!("{param}[{index}]"))?;
                 }
@@ -310,9 +317,13 @@ impl Domain {
             Domain::LogUniform { low, high } => float.is_some_and(|v| v >= low && v <= high),
             Domain::QUniform { low, high, q } | Domain::QLogUniform { low, high, q } => float.is_some_and(|v| {
                 let k = (v / q).round();
-                v >= low - 1e-9 * q.abs().max(1.0) && v <= high + 1e-9 * q.abs().max(1.0) && (v - k * q).abs() <= 1e-9 * q.abs().max(v.abs())
+                v >= low - 1e-9 * q.abs().max(1.0)
+                    && v <= high + 1e-9 * q.abs().max(1.0)
+                    && (v - k * q).abs() <= 1e-9 * q.abs().max(v.abs())
             }),
-            Domain::RandInt { low, high } | Domain::LogRandInt { low, high } => int.is_some_and(|v| v >= low && v < high),
+            Domain::RandInt { low, high } | Domain::LogRandInt { low, high } => {
+                int.is_some_and(|v| v >= low && v < high)
+            }
             Domain::QRandInt { low, high, q } => int.is_some_and(|v| v >= low && v <= high && v % q == 0),
             Domain::Normal { .. } => float.is_some_and(f64::is_finite),
             Domain::Choice(ref options) => options.iter().any(|option| option.contains(value)),
@@ -320,7 +331,10 @@ impl Domain {
             Domain::Fixed(ref fixed) => fixed == value,
             Domain::Nested(ref space) => value.as_object().is_some_and(|map| {
                 map.len() == space.params.len()
-                    && space.params.iter().all(|(name, domain)| map.get(name).is_some_and(|v| domain.contains(v)))
+                    && space
+                        .params
+                        .iter()
+                        .all(|(name, domain)| map.get(name).is_some_and(|v| domain.contains(v)))
             }),
         }
     }
@@ -364,7 +378,9 @@ impl Domain {
 }
 
 fn float_value(value: f64) -> Value {
-    serde_json::Number::from_f64(value).map(Value::Number).unwrap_or(Value::Null)
+    serde_json::Number::from_f64(value)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 fn log_uniform(rng: &mut impl Rng, low: f64, high: f64) -> f64 {
@@ -446,9 +462,16 @@ impl Space {
     pub fn grid_axes(&self) -> Vec<GridAxis> {
         fn walk(prefix: &str, space: &Space, out: &mut Vec<GridAxis>) {
             for (name, domain) in &space.params {
-                let dotted = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+                let dotted = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}.{name}")
+                };
                 match domain {
-                    Domain::Grid(values) => out.push(GridAxis { name: dotted, values: values.clone() }),
+                    Domain::Grid(values) => out.push(GridAxis {
+                        name: dotted,
+                        values: values.clone(),
+                    }),
                     Domain::Nested(inner) => walk(&dotted, inner, out),
                     _ => {}
                 }
@@ -482,11 +505,20 @@ impl Space {
         Config(self.sample_map("", rng, grid))
     }
 
-    fn sample_map(&self, prefix: &str, rng: &mut impl Rng, grid: &BTreeMap<String, Value>) -> serde_json::Map<String, Value> {
+    fn sample_map(
+        &self,
+        prefix: &str,
+        rng: &mut impl Rng,
+        grid: &BTreeMap<String, Value>,
+    ) -> serde_json::Map<String, Value> {
         self.params
             .iter()
             .map(|(name, domain)| {
-                let dotted = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+                let dotted = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}.{name}")
+                };
                 (name.clone(), domain.sample_at(&dotted, rng, grid))
             })
             .collect()
@@ -500,7 +532,10 @@ impl Space {
 
 fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.contains('.') || name.contains(['{', '}']) {
-        return Err(Error::param(name, "a parameter name must be non-empty and contain no '.', '{' or '}'"));
+        return Err(Error::param(
+            name,
+            "a parameter name must be non-empty and contain no '.', '{' or '}'",
+        ));
     }
     Ok(())
 }
@@ -566,7 +601,9 @@ impl<'de> Deserialize<'de> for Raw {
                 Ok(Raw::Int(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Raw, E> {
-                i64::try_from(v).map(Raw::Int).map_err(|_| E::custom(format!("integer {v} is too large")))
+                i64::try_from(v)
+                    .map(Raw::Int)
+                    .map_err(|_| E::custom(format!("integer {v} is too large")))
             }
             fn visit_f64<E>(self, v: f64) -> Result<Raw, E> {
                 Ok(Raw::Float(v))
@@ -607,13 +644,21 @@ fn parse_domain(param: &str, raw: &Raw) -> Result<Domain> {
         if let Some(close) = DOMAIN_NAMES.iter().find(|known| edit_distance(known, key) <= 2)
             && matches!(args, Raw::List(_))
         {
-            return Err(Error::param(param, format!("unknown domain \"{key}\" (did you mean \"{close}\"?)")));
+            return Err(Error::param(
+                param,
+                format!("unknown domain \"{key}\" (did you mean \"{close}\"?)"),
+            ));
         }
     }
     let mut space = Space::new();
     for (name, value) in entries {
         let dotted = format!("{param}.{name}");
-        check_name(name).map_err(|_| Error::param(&dotted, "a parameter name must be non-empty and contain no '.', '{' or '}'"))?;
+        check_name(name).map_err(|_| {
+            Error::param(
+                &dotted,
+                "a parameter name must be non-empty and contain no '.', '{' or '}'",
+            )
+        })?;
         space.params.insert(name.clone(), parse_domain(&dotted, value)?);
     }
     Ok(Domain::Nested(space))
@@ -623,28 +668,44 @@ fn parse_named_domain(param: &str, kind: &str, args: &Raw) -> Result<Domain> {
     let list = |expected: &str, len: usize| -> Result<&Vec<Raw>> {
         match args {
             Raw::List(items) if items.len() == len => Ok(items),
-            Raw::List(items) => Err(Error::param(param, format!("{kind} takes {expected}, got {} values", items.len()))),
-            other => Err(Error::param(param, format!("{kind} takes {expected}, got {}", other.describe()))),
+            Raw::List(items) => Err(Error::param(
+                param,
+                format!("{kind} takes {expected}, got {} values", items.len()),
+            )),
+            other => Err(Error::param(
+                param,
+                format!("{kind} takes {expected}, got {}", other.describe()),
+            )),
         }
     };
     let float = |raw: &Raw, what: &str| -> Result<f64> {
         match raw {
             Raw::Int(i) => Ok(*i as f64),
             Raw::Float(f) => Ok(*f),
-            other => Err(Error::param(param, format!("{kind} needs a number for {what}, got {}", other.describe()))),
+            other => Err(Error::param(
+                param,
+                format!("{kind} needs a number for {what}, got {}", other.describe()),
+            )),
         }
     };
     let int = |raw: &Raw, what: &str| -> Result<i64> {
         match raw {
             Raw::Int(i) => Ok(*i),
             Raw::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(*f as i64),
-            other => Err(Error::param(param, format!("{kind} needs an integer for {what}, got {}", other.describe()))),
+            other => Err(Error::param(
+                param,
+                format!("{kind} needs an integer for {what}, got {}", other.describe()),
+            )),
         }
     };
     let domain = match kind {
         "uniform" | "loguniform" | "normal" => {
             let items = list(if kind == "normal" { "[mu, sigma]" } else { "[low, high]" }, 2)?;
-            let (a, b) = if kind == "normal" { ("mu", "sigma") } else { ("low", "high") };
+            let (a, b) = if kind == "normal" {
+                ("mu", "sigma")
+            } else {
+                ("low", "high")
+            };
             let (x, y) = (float(&items[0], a)?, float(&items[1], b)?);
             match kind {
                 "uniform" => Domain::Uniform { low: x, high: y },
@@ -654,21 +715,40 @@ fn parse_named_domain(param: &str, kind: &str, args: &Raw) -> Result<Domain> {
         }
         "quniform" | "qloguniform" => {
             let items = list("[low, high, q]", 3)?;
-            let (low, high, q) = (float(&items[0], "low")?, float(&items[1], "high")?, float(&items[2], "q")?);
-            if kind == "quniform" { Domain::QUniform { low, high, q } } else { Domain::QLogUniform { low, high, q } }
+            let (low, high, q) = (
+                float(&items[0], "low")?,
+                float(&items[1], "high")?,
+                float(&items[2], "q")?,
+            );
+            if kind == "quniform" {
+                Domain::QUniform { low, high, q }
+            } else {
+                Domain::QLogUniform { low, high, q }
+            }
         }
         "randint" | "lograndint" => {
             let items = list("[low, high]", 2)?;
             let (low, high) = (int(&items[0], "low")?, int(&items[1], "high")?);
-            if kind == "randint" { Domain::RandInt { low, high } } else { Domain::LogRandInt { low, high } }
+            if kind == "randint" {
+                Domain::RandInt { low, high }
+            } else {
+                Domain::LogRandInt { low, high }
+            }
         }
         "qrandint" => {
             let items = list("[low, high, q]", 3)?;
-            Domain::QRandInt { low: int(&items[0], "low")?, high: int(&items[1], "high")?, q: int(&items[2], "q")? }
+            Domain::QRandInt {
+                low: int(&items[0], "low")?,
+                high: int(&items[1], "high")?,
+                q: int(&items[2], "q")?,
+            }
         }
         "choice" => {
             let Raw::List(items) = args else {
-                return Err(Error::param(param, format!("choice takes a list of options, got {}", args.describe())));
+                return Err(Error::param(
+                    param,
+                    format!("choice takes a list of options, got {}", args.describe()),
+                ));
             };
             let options = items
                 .iter()
@@ -679,14 +759,22 @@ fn parse_named_domain(param: &str, kind: &str, args: &Raw) -> Result<Domain> {
         }
         "grid" => {
             let Raw::List(items) = args else {
-                return Err(Error::param(param, format!("grid takes a list of values, got {}", args.describe())));
+                return Err(Error::param(
+                    param,
+                    format!("grid takes a list of values, got {}", args.describe()),
+                ));
             };
             Domain::Grid(items.iter().map(Raw::to_value).collect())
         }
         "fixed" => Domain::Fixed(args.to_value()),
         _ => match parse_domain(param, args)? {
             nested @ Domain::Nested(_) => nested,
-            other => return Err(Error::param(param, format!("nested takes a table, got {}", other.kind()))),
+            other => {
+                return Err(Error::param(
+                    param,
+                    format!("nested takes a table, got {}", other.kind()),
+                ));
+            }
         },
     };
     domain.validated(param)
@@ -716,7 +804,10 @@ impl Space {
 
     fn from_raw(raw: &Raw) -> Result<Self> {
         let Raw::Table(entries) = raw else {
-            return Err(Error::setting("space", format!("must be a table of parameters, got {}", raw.describe())));
+            return Err(Error::setting(
+                "space",
+                format!("must be a table of parameters, got {}", raw.describe()),
+            ));
         };
         let mut space = Space::new();
         for (name, value) in entries {
@@ -744,7 +835,9 @@ impl Serialize for Domain {
         use serde::ser::SerializeMap;
         let args: Value = match self {
             Domain::Uniform { low, high } | Domain::LogUniform { low, high } => serde_json::json!([low, high]),
-            Domain::QUniform { low, high, q } | Domain::QLogUniform { low, high, q } => serde_json::json!([low, high, q]),
+            Domain::QUniform { low, high, q } | Domain::QLogUniform { low, high, q } => {
+                serde_json::json!([low, high, q])
+            }
             Domain::RandInt { low, high } | Domain::LogRandInt { low, high } => serde_json::json!([low, high]),
             Domain::QRandInt { low, high, q } => serde_json::json!([low, high, q]),
             Domain::Normal { mu, sigma } => serde_json::json!([mu, sigma]),
@@ -810,25 +903,61 @@ mod tests {
             err(json!({"lr": {"loguniform": [0, 0.1]}})),
             "parameter \"lr\": loguniform needs 0 < low < high, got low=0, high=0.1"
         );
-        assert_eq!(err(json!({"x": {"uniform": [2, 1]}})), "parameter \"x\": uniform needs low < high, got low=2, high=1");
-        assert_eq!(err(json!({"x": {"quniform": [0, 1, 0]}})), "parameter \"x\": quniform needs q > 0, got q=0");
-        assert_eq!(err(json!({"x": {"choice": []}})), "parameter \"x\": choice needs at least one option, got an empty list");
-        assert_eq!(err(json!({"x": {"normal": [0, 0]}})), "parameter \"x\": normal needs sigma > 0, got sigma=0");
-        assert_eq!(err(json!({"x": {"randint": [3, 3]}})), "parameter \"x\": randint needs low < high (high is exclusive), got low=3, high=3");
-        assert_eq!(err(json!({"x": {"logunifrom": [1, 2]}})), "parameter \"x\": unknown domain \"logunifrom\" (did you mean \"loguniform\"?)");
-        assert_eq!(err(json!({"x": {"uniform": [1]}})), "parameter \"x\": uniform takes [low, high], got 1 values");
-        assert_eq!(err(json!({"x": {"randint": [1.5, 3]}})), "parameter \"x\": randint needs an integer for low, got 1.5");
+        assert_eq!(
+            err(json!({"x": {"uniform": [2, 1]}})),
+            "parameter \"x\": uniform needs low < high, got low=2, high=1"
+        );
+        assert_eq!(
+            err(json!({"x": {"quniform": [0, 1, 0]}})),
+            "parameter \"x\": quniform needs q > 0, got q=0"
+        );
+        assert_eq!(
+            err(json!({"x": {"choice": []}})),
+            "parameter \"x\": choice needs at least one option, got an empty list"
+        );
+        assert_eq!(
+            err(json!({"x": {"normal": [0, 0]}})),
+            "parameter \"x\": normal needs sigma > 0, got sigma=0"
+        );
+        assert_eq!(
+            err(json!({"x": {"randint": [3, 3]}})),
+            "parameter \"x\": randint needs low < high (high is exclusive), got low=3, high=3"
+        );
+        assert_eq!(
+            err(json!({"x": {"logunifrom": [1, 2]}})),
+            "parameter \"x\": unknown domain \"logunifrom\" (did you mean \"loguniform\"?)"
+        );
+        assert_eq!(
+            err(json!({"x": {"uniform": [1]}})),
+            "parameter \"x\": uniform takes [low, high], got 1 values"
+        );
+        assert_eq!(
+            err(json!({"x": {"randint": [1.5, 3]}})),
+            "parameter \"x\": randint needs an integer for low, got 1.5"
+        );
         assert_eq!(
             err(json!({"opt": {"choice": [{"name": "sgd", "m": {"uniform": [1, 0]}}]}})),
             "parameter \"opt[0].m\": uniform needs low < high, got low=1, high=0"
         );
-        assert_eq!(err(json!({"x": {"qrandint": [1, 4, 5]}})), "parameter \"x\": qrandint has no multiple of q=5 in [1, 4]");
+        assert_eq!(
+            err(json!({"x": {"qrandint": [1, 4, 5]}})),
+            "parameter \"x\": qrandint has no multiple of q=5 in [1, 4]"
+        );
     }
 
     #[test]
     fn non_finite_bounds_are_named() {
-        let toml_like: Raw = Raw::Table(vec![("x".into(), Raw::Table(vec![("uniform".into(), Raw::List(vec![Raw::Float(f64::NAN), Raw::Int(1)]))]))]);
-        assert_eq!(Space::from_raw(&toml_like).unwrap_err().to_string(), "parameter \"x\": uniform needs finite low, got low=NaN");
+        let toml_like: Raw = Raw::Table(vec![(
+            "x".into(),
+            Raw::Table(vec![(
+                "uniform".into(),
+                Raw::List(vec![Raw::Float(f64::NAN), Raw::Int(1)]),
+            )]),
+        )]);
+        assert_eq!(
+            Space::from_raw(&toml_like).unwrap_err().to_string(),
+            "parameter \"x\": uniform needs finite low, got low=NaN"
+        );
         assert_eq!(
             Domain::normal(0.0, f64::INFINITY).unwrap_err().to_string(),
             "parameter \"<unnamed>\": normal needs finite sigma, got sigma=inf"
@@ -862,14 +991,20 @@ mod tests {
             assert!(space.contains(&config));
         }
         assert!(seen.0 > 60 && seen.1 > 60, "{seen:?}");
-        assert_eq!(space.parameter_names(), ["optimizer.beta1", "optimizer.momentum", "optimizer.name"]);
+        assert_eq!(
+            space.parameter_names(),
+            ["optimizer.beta1", "optimizer.momentum", "optimizer.name"]
+        );
     }
 
     #[test]
     fn grid_points_enumerate_the_cartesian_product() {
-        let space = parse(json!({"a": {"grid": [1, 2]}, "b": {"grid": ["x", "y", "z"]}, "c": {"uniform": [0, 1]}})).unwrap();
+        let space =
+            parse(json!({"a": {"grid": [1, 2]}, "b": {"grid": ["x", "y", "z"]}, "c": {"uniform": [0, 1]}})).unwrap();
         assert_eq!(space.grid_size(), 6);
-        let points: Vec<_> = (0..6).map(|i| (space.grid_point(i)["a"].clone(), space.grid_point(i)["b"].clone())).collect();
+        let points: Vec<_> = (0..6)
+            .map(|i| (space.grid_point(i)["a"].clone(), space.grid_point(i)["b"].clone()))
+            .collect();
         assert_eq!(points[0], (json!(1), json!("x")));
         assert_eq!(points[1], (json!(1), json!("y")));
         assert_eq!(points[5], (json!(2), json!("z")));
@@ -881,12 +1016,24 @@ mod tests {
         let finite = -1e6f64..1e6;
         prop_oneof![
             (finite.clone(), 1e-6f64..1e6).prop_map(|(low, width)| Domain::Uniform { low, high: low + width }),
-            (finite.clone(), 1e-3f64..1e6, 1e-3f64..10.0)
-                .prop_map(|(low, width, q)| Domain::QUniform { low, high: low + width.max(q), q }),
+            (finite.clone(), 1e-3f64..1e6, 1e-3f64..10.0).prop_map(|(low, width, q)| Domain::QUniform {
+                low,
+                high: low + width.max(q),
+                q
+            }),
             (1e-12f64..1e3, 1.0001f64..1e6).prop_map(|(low, ratio)| Domain::LogUniform { low, high: low * ratio }),
-            (1e-3f64..1e3, 2.0f64..1e3, 1e-3f64..1.0).prop_map(|(low, ratio, q)| Domain::QLogUniform { low, high: low * ratio + q, q }),
-            (-1_000_000i64..1_000_000, 1i64..1_000_000).prop_map(|(low, width)| Domain::RandInt { low, high: low + width }),
-            (-1_000i64..1_000, 1i64..50).prop_map(|(low, q)| Domain::QRandInt { low, high: low + 2 * q, q }),
+            (1e-3f64..1e3, 2.0f64..1e3, 1e-3f64..1.0).prop_map(|(low, ratio, q)| Domain::QLogUniform {
+                low,
+                high: low * ratio + q,
+                q
+            }),
+            (-1_000_000i64..1_000_000, 1i64..1_000_000)
+                .prop_map(|(low, width)| Domain::RandInt { low, high: low + width }),
+            (-1_000i64..1_000, 1i64..50).prop_map(|(low, q)| Domain::QRandInt {
+                low,
+                high: low + 2 * q,
+                q
+            }),
             (1i64..1_000, 1i64..100_000).prop_map(|(low, width)| Domain::LogRandInt { low, high: low + width }),
             (finite, 1e-6f64..1e3).prop_map(|(mu, sigma)| Domain::Normal { mu, sigma }),
         ]
@@ -923,7 +1070,10 @@ mod tests {
             counts[((position * 20.0) as usize).min(19)] += 1;
         }
         let p = uniformity_p_value(&counts);
-        assert!(p > 0.001, "log10 of loguniform samples is not uniform: p={p}, counts={counts:?}");
+        assert!(
+            p > 0.001,
+            "log10 of loguniform samples is not uniform: p={p}, counts={counts:?}"
+        );
         // The same samples are far from uniform on the linear scale: most fall in the top decade.
         assert!(counts[15..].iter().sum::<u64>() < 12_000);
     }
@@ -945,7 +1095,9 @@ mod tests {
         let domain = Domain::normal(3.0, 0.5).unwrap();
         let mut rng = ChaCha20Rng::seed_from_u64(13);
         let n = 50_000;
-        let samples: Vec<f64> = (0..n).map(|_| domain.sample_at("x", &mut rng, &BTreeMap::new()).as_f64().unwrap()).collect();
+        let samples: Vec<f64> = (0..n)
+            .map(|_| domain.sample_at("x", &mut rng, &BTreeMap::new()).as_f64().unwrap())
+            .collect();
         let mean = samples.iter().sum::<f64>() / n as f64;
         let sd = (samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
         // Standard error of the mean is 0.5/sqrt(50000) = 0.0022; allow 5 of them.
@@ -958,7 +1110,9 @@ mod tests {
         let space = parse(json!({"lr": {"loguniform": [1e-5, 1e-1]}, "b": {"choice": [16, 32]}})).unwrap();
         let draw = |seed| {
             let mut rng = ChaCha20Rng::seed_from_u64(seed);
-            (0..5).map(|_| space.sample(&mut rng, &BTreeMap::new())).collect::<Vec<_>>()
+            (0..5)
+                .map(|_| space.sample(&mut rng, &BTreeMap::new()))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));

@@ -187,7 +187,10 @@ impl Store {
     }
 
     fn open_with(path: &Path, create: bool) -> Result<Store> {
-        let not_a_store = |reason: &str| Error::NotAStore { path: path.to_owned(), reason: reason.to_owned() };
+        let not_a_store = |reason: &str| Error::NotAStore {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        };
         let existing_len = match std::fs::metadata(path) {
             Ok(meta) if meta.is_dir() => return Err(not_a_store("it is a directory")),
             Ok(meta) => Some(meta.len()),
@@ -200,7 +203,8 @@ impl Store {
             Some(len) if len > 0 => {
                 use std::io::Read;
                 let mut header = [0u8; 16];
-                let mut file = std::fs::File::open(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                let mut file =
+                    std::fs::File::open(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
                 if len < 16 || file.read_exact(&mut header).is_err() || &header != SQLITE_HEADER {
                     return Err(not_a_store("not an SQLite database"));
                 }
@@ -226,11 +230,18 @@ impl Store {
             }
         }
         if version > SCHEMA_VERSION {
-            return Err(Error::NewerSchema { path: path.to_owned(), found: version, known: SCHEMA_VERSION });
+            return Err(Error::NewerSchema {
+                path: path.to_owned(),
+                found: version,
+                known: SCHEMA_VERSION,
+            });
         }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        let mut store = Store { conn, path: path.to_owned() };
+        let mut store = Store {
+            conn,
+            path: path.to_owned(),
+        };
         store.migrate(version)?;
         Ok(store)
     }
@@ -259,7 +270,9 @@ impl Store {
             suffix += 1;
             candidate = format!("{name}-{suffix}");
         }
-        let created_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let created_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         self.conn.execute(
             "INSERT INTO experiments (name, spec, seed, created_at, status) VALUES (?1, ?2, ?3, ?4, 'running')",
             params![candidate, spec, seed as i64, created_at],
@@ -270,7 +283,11 @@ impl Store {
     fn find_experiment(&self, name: &str) -> Result<Option<ExperimentInfo>> {
         Ok(self
             .conn
-            .query_row(&format!("{EXPERIMENT_COLUMNS} WHERE name = ?1"), [name], experiment_from_row)
+            .query_row(
+                &format!("{EXPERIMENT_COLUMNS} WHERE name = ?1"),
+                [name],
+                experiment_from_row,
+            )
             .optional()?)
     }
 
@@ -284,22 +301,39 @@ impl Store {
     /// The experiment named `name`, or the newest one when `name` is `None`.
     pub fn experiment(&self, name: Option<&str>) -> Result<ExperimentInfo> {
         match name {
-            Some(name) => self.find_experiment(name)?.ok_or_else(|| Error::UnknownExperiment(name.to_owned())),
+            Some(name) => self
+                .find_experiment(name)?
+                .ok_or_else(|| Error::UnknownExperiment(name.to_owned())),
             None => self
                 .conn
-                .query_row(&format!("{EXPERIMENT_COLUMNS} ORDER BY id DESC LIMIT 1"), [], experiment_from_row)
+                .query_row(
+                    &format!("{EXPERIMENT_COLUMNS} ORDER BY id DESC LIMIT 1"),
+                    [],
+                    experiment_from_row,
+                )
                 .optional()?
-                .ok_or_else(|| Error::NotAStore { path: self.path.clone(), reason: "it holds no experiment yet".into() }),
+                .ok_or_else(|| Error::NotAStore {
+                    path: self.path.clone(),
+                    reason: "it holds no experiment yet".into(),
+                }),
         }
     }
 
     /// The event log of an experiment, in order.
     pub fn events(&self, experiment: i64) -> Result<Vec<LoggedEvent>> {
-        let mut statement = self.conn.prepare("SELECT seq, at_ms, payload FROM events WHERE experiment_id = ?1 ORDER BY seq")?;
-        let rows = statement.query_map([experiment], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?)))?;
+        let mut statement = self
+            .conn
+            .prepare("SELECT seq, at_ms, payload FROM events WHERE experiment_id = ?1 ORDER BY seq")?;
+        let rows = statement.query_map([experiment], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?))
+        })?;
         rows.map(|row| {
             let (seq, at_ms, payload) = row?;
-            Ok(LoggedEvent { seq: seq as u64, at_ms: at_ms as u64, event: serde_json::from_str(&payload)? })
+            Ok(LoggedEvent {
+                seq: seq as u64,
+                at_ms: at_ms as u64,
+                event: serde_json::from_str(&payload)?,
+            })
         })
         .collect()
     }
@@ -311,15 +345,33 @@ impl Store {
         }
         let tx = self.conn.transaction()?;
         {
-            let mut insert_event = tx.prepare_cached("INSERT INTO events (experiment_id, seq, at_ms, payload) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut insert_event =
+                tx.prepare_cached("INSERT INTO events (experiment_id, seq, at_ms, payload) VALUES (?1, ?2, ?3, ?4)")?;
             for logged in &batch.events {
-                insert_event.execute(params![experiment, logged.seq as i64, logged.at_ms as i64, serde_json::to_string(&logged.event)?])?;
+                insert_event.execute(params![
+                    experiment,
+                    logged.seq as i64,
+                    logged.at_ms as i64,
+                    serde_json::to_string(&logged.event)?
+                ])?;
             }
             if let Some(last) = batch.events.last() {
                 tx.prepare_cached("UPDATE experiments SET elapsed_ms = max(elapsed_ms, ?2) WHERE id = ?1")?
                     .execute(params![experiment, last.at_ms as i64])?;
             }
-            for record in &batch.records {
+            // A trial's row is a snapshot: only its newest one in the batch needs writing.
+            let mut newest_row = std::collections::HashMap::new();
+            for (index, record) in batch.records.iter().enumerate() {
+                if let Record::Trial(row) = record {
+                    newest_row.insert(row.id, index);
+                }
+            }
+            for (index, record) in batch.records.iter().enumerate() {
+                if let Record::Trial(row) = record
+                    && newest_row[&row.id] != index
+                {
+                    continue;
+                }
                 write_record(&tx, experiment, record)?;
             }
         }
@@ -348,13 +400,25 @@ impl Store {
         })?;
         rows.map(|row| {
             let (id, status, config, failures, launches, last, best_value, best_step, error) = row?;
-            let status = TrialStatus::from_label(&status).ok_or_else(|| Error::ReplayDiverged(format!("unknown trial status {status:?}")))?;
+            let status = TrialStatus::from_label(&status)
+                .ok_or_else(|| Error::ReplayDiverged(format!("unknown trial status {status:?}")))?;
             let last = last.map(|json| serde_json::from_str(&json)).transpose()?;
             let best = match (best_value, best_step) {
-                (Some(value), Some(step)) => metrics_serde::decode(&serde_json::from_str(&value)?).map(|v| (v, step as u64)),
+                (Some(value), Some(step)) => {
+                    metrics_serde::decode(&serde_json::from_str(&value)?).map(|v| (v, step as u64))
+                }
                 _ => None,
             };
-            Ok(StoredTrial { id: TrialId(id as u64), status, config: serde_json::from_str(&config)?, failures, launches, last, best, error })
+            Ok(StoredTrial {
+                id: TrialId(id as u64),
+                status,
+                config: serde_json::from_str(&config)?,
+                failures,
+                launches,
+                last,
+                best,
+                error,
+            })
         })
         .collect()
     }
@@ -372,7 +436,13 @@ impl Store {
             let (trial, step, metrics) = row?;
             let metrics: serde_json::Value = serde_json::from_str(&metrics)?;
             let metrics = metrics_serde::deserialize(metrics)?;
-            Ok((TrialId(trial as u64), Report { step: step as u64, metrics }))
+            Ok((
+                TrialId(trial as u64),
+                Report {
+                    step: step as u64,
+                    metrics,
+                },
+            ))
         })
         .collect()
     }
@@ -383,18 +453,34 @@ impl Store {
             "SELECT trial_id, step, path, value, deleted FROM checkpoints WHERE experiment_id = ?1 ORDER BY trial_id, step",
         )?;
         let rows = statement.query_map([experiment], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?, row.get::<_, Option<String>>(3)?, row.get::<_, bool>(4)?))
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, bool>(4)?,
+            ))
         })?;
         rows.map(|row| {
             let (trial, step, path, value, deleted) = row?;
-            let value = value.map(|v| serde_json::from_str(&v)).transpose()?.and_then(|v: serde_json::Value| metrics_serde::decode(&v));
-            Ok(StoredCheckpoint { trial: TrialId(trial as u64), step: step as u64, path, value, deleted })
+            let value = value
+                .map(|v| serde_json::from_str(&v))
+                .transpose()?
+                .and_then(|v: serde_json::Value| metrics_serde::decode(&v));
+            Ok(StoredCheckpoint {
+                trial: TrialId(trial as u64),
+                step: step as u64,
+                path,
+                value,
+                deleted,
+            })
         })
         .collect()
     }
 }
 
-const EXPERIMENT_COLUMNS: &str = "SELECT id, name, spec, seed, created_at, status, end_cause, elapsed_ms FROM experiments";
+const EXPERIMENT_COLUMNS: &str =
+    "SELECT id, name, spec, seed, created_at, status, end_cause, elapsed_ms FROM experiments";
 
 fn experiment_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExperimentInfo> {
     Ok(ExperimentInfo {
@@ -416,42 +502,81 @@ fn encode_value(value: f64) -> String {
 fn write_record(tx: &rusqlite::Transaction<'_>, experiment: i64, record: &Record) -> Result<()> {
     match record {
         Record::Trial(row) => {
-            tx.prepare_cached(
-                "INSERT INTO trials (experiment_id, trial_id, status, config, failures, launches, last_report, best_value, best_step, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                 ON CONFLICT (experiment_id, trial_id) DO UPDATE SET status = ?3, failures = ?5, launches = ?6,
-                   last_report = ?7, best_value = ?8, best_step = ?9, error = ?10",
-            )?
-            .execute(params![
-                experiment,
-                row.id.0 as i64,
-                row.status.label(),
-                row.config.to_json(),
-                row.failures,
-                row.launches,
-                row.last.as_ref().map(serde_json::to_string).transpose()?,
-                row.best.map(|(value, _)| encode_value(value)),
-                row.best.map(|(_, step)| step as i64),
-                row.error,
-            ])?;
+            let last = row.last.as_ref().map(serde_json::to_string).transpose()?;
+            let best_value = row.best.map(|(value, _)| encode_value(value));
+            let best_step = row.best.map(|(_, step)| step as i64);
+            // Most writes update a trial that exists; its config never changes, so it is only
+            // serialized when the row is first inserted.
+            let updated = tx
+                .prepare_cached(
+                    "UPDATE trials SET status = ?3, failures = ?4, launches = ?5, last_report = ?6, best_value = ?7,
+                       best_step = ?8, error = ?9 WHERE experiment_id = ?1 AND trial_id = ?2",
+                )?
+                .execute(params![
+                    experiment,
+                    row.id.0 as i64,
+                    row.status.label(),
+                    row.failures,
+                    row.launches,
+                    last,
+                    best_value,
+                    best_step,
+                    row.error
+                ])?;
+            if updated == 0 {
+                tx.prepare_cached(
+                    "INSERT INTO trials (experiment_id, trial_id, status, config, failures, launches, last_report, best_value, best_step, error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?
+                .execute(params![
+                    experiment,
+                    row.id.0 as i64,
+                    row.status.label(),
+                    row.config.to_json(),
+                    row.failures,
+                    row.launches,
+                    last,
+                    best_value,
+                    best_step,
+                    row.error,
+                ])?;
+            }
         }
         Record::Report { trial, report } => {
             let metrics = serde_json::to_string(&serde_json::Value::Object(
-                report.metrics.iter().map(|(name, value)| (name.clone(), metrics_serde::encode(*value))).collect(),
+                report
+                    .metrics
+                    .iter()
+                    .map(|(name, value)| (name.clone(), metrics_serde::encode(*value)))
+                    .collect(),
             ))?;
-            tx.prepare_cached("INSERT OR IGNORE INTO reports (experiment_id, trial_id, step, metrics) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![experiment, trial.0 as i64, report.step as i64, metrics])?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO reports (experiment_id, trial_id, step, metrics) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![experiment, trial.0 as i64, report.step as i64, metrics])?;
         }
-        Record::Checkpoint { trial, checkpoint, value } => {
+        Record::Checkpoint {
+            trial,
+            checkpoint,
+            value,
+        } => {
             tx.prepare_cached(
                 "INSERT INTO checkpoints (experiment_id, trial_id, step, path, value) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (experiment_id, trial_id, step) DO UPDATE SET path = ?4, value = ?5, deleted = 0",
             )?
-            .execute(params![experiment, trial.0 as i64, checkpoint.step as i64, checkpoint.path, value.map(encode_value)])?;
+            .execute(params![
+                experiment,
+                trial.0 as i64,
+                checkpoint.step as i64,
+                checkpoint.path,
+                value.map(encode_value)
+            ])?;
         }
         Record::CheckpointDeleted { trial, path } => {
-            tx.prepare_cached("UPDATE checkpoints SET deleted = 1 WHERE experiment_id = ?1 AND trial_id = ?2 AND path = ?3")?
-                .execute(params![experiment, trial.0 as i64, path])?;
+            tx.prepare_cached(
+                "UPDATE checkpoints SET deleted = 1 WHERE experiment_id = ?1 AND trial_id = ?2 AND path = ?3",
+            )?
+            .execute(params![experiment, trial.0 as i64, path])?;
         }
         Record::ExperimentFinished { cause } => {
             tx.prepare_cached("UPDATE experiments SET status = 'finished', end_cause = ?2 WHERE id = ?1")?
@@ -468,7 +593,10 @@ mod tests {
     use crate::trial::Metrics;
 
     fn report(step: u64, loss: f64) -> Report {
-        Report { step, metrics: Metrics::from([("loss".into(), loss)]) }
+        Report {
+            step,
+            metrics: Metrics::from([("loss".into(), loss)]),
+        }
     }
 
     #[test]
@@ -481,16 +609,55 @@ mod tests {
         let config: Config = serde_json::from_str(r#"{"lr": 0.1}"#).unwrap();
         let batch = Batch {
             events: vec![
-                LoggedEvent { seq: 1, at_ms: 5, event: Event::Start },
-                LoggedEvent { seq: 2, at_ms: 9, event: Event::Reported { trial: TrialId(1), report: report(1, f64::NAN), checkpoint: Some("/c/1".into()) } },
+                LoggedEvent {
+                    seq: 1,
+                    at_ms: 5,
+                    event: Event::Start,
+                },
+                LoggedEvent {
+                    seq: 2,
+                    at_ms: 9,
+                    event: Event::Reported {
+                        trial: TrialId(1),
+                        report: report(1, f64::NAN),
+                        checkpoint: Some("/c/1".into()),
+                    },
+                },
             ],
             records: vec![
-                Record::Trial(TrialRow { id: TrialId(1), status: TrialStatus::Running, config: config.clone(), failures: 0, launches: 1, last: Some(report(1, f64::NAN)), best: Some((f64::NAN, 1)), error: None }),
-                Record::Report { trial: TrialId(1), report: report(1, f64::NAN) },
-                Record::Report { trial: TrialId(1), report: report(1, 0.5) },
-                Record::Checkpoint { trial: TrialId(1), checkpoint: CheckpointRef { step: 1, path: "/c/1".into() }, value: Some(f64::NAN) },
-                Record::CheckpointDeleted { trial: TrialId(1), path: "/c/1".into() },
-                Record::ExperimentFinished { cause: EndCause::AllTrialsDone },
+                Record::Trial(TrialRow {
+                    id: TrialId(1),
+                    status: TrialStatus::Running,
+                    config: config.clone(),
+                    failures: 0,
+                    launches: 1,
+                    last: Some(report(1, f64::NAN)),
+                    best: Some((f64::NAN, 1)),
+                    error: None,
+                }),
+                Record::Report {
+                    trial: TrialId(1),
+                    report: report(1, f64::NAN),
+                },
+                Record::Report {
+                    trial: TrialId(1),
+                    report: report(1, 0.5),
+                },
+                Record::Checkpoint {
+                    trial: TrialId(1),
+                    checkpoint: CheckpointRef {
+                        step: 1,
+                        path: "/c/1".into(),
+                    },
+                    value: Some(f64::NAN),
+                },
+                Record::CheckpointDeleted {
+                    trial: TrialId(1),
+                    path: "/c/1".into(),
+                },
+                Record::ExperimentFinished {
+                    cause: EndCause::AllTrialsDone,
+                },
             ],
         };
         store.commit(experiment.id, &batch).unwrap();
@@ -523,11 +690,35 @@ mod tests {
         let experiment = store.create_experiment("x", "{}", 1).unwrap();
         // Shortest-representation floats that a non-round-trip parser reads back one ulp off.
         let awkward = [0.000010179960116642381, 0.1 + 0.2, 1e-300, 5e-324, 123456789.12345679];
-        let config: Config = serde_json::from_value(serde_json::json!({"a": awkward[0], "b": awkward[1], "c": awkward[2], "d": awkward[3], "e": awkward[4]})).unwrap();
+        let config: Config = serde_json::from_value(
+            serde_json::json!({"a": awkward[0], "b": awkward[1], "c": awkward[2], "d": awkward[3], "e": awkward[4]}),
+        )
+        .unwrap();
         let metrics: crate::trial::Metrics = awkward.iter().enumerate().map(|(i, v)| (format!("m{i}"), *v)).collect();
-        let report = Report { step: 1, metrics: metrics.clone() };
-        let row = TrialRow { id: TrialId(1), status: TrialStatus::Running, config: config.clone(), failures: 0, launches: 1, last: Some(report.clone()), best: None, error: None };
-        let batch = Batch { events: vec![], records: vec![Record::Trial(row), Record::Report { trial: TrialId(1), report }] };
+        let report = Report {
+            step: 1,
+            metrics: metrics.clone(),
+        };
+        let row = TrialRow {
+            id: TrialId(1),
+            status: TrialStatus::Running,
+            config: config.clone(),
+            failures: 0,
+            launches: 1,
+            last: Some(report.clone()),
+            best: None,
+            error: None,
+        };
+        let batch = Batch {
+            events: vec![],
+            records: vec![
+                Record::Trial(row),
+                Record::Report {
+                    trial: TrialId(1),
+                    report,
+                },
+            ],
+        };
         store.commit(experiment.id, &batch).unwrap();
         assert_eq!(store.trials(experiment.id).unwrap()[0].config, config);
         let stored = &store.reports(experiment.id, None).unwrap()[0].1.metrics;
@@ -542,19 +733,34 @@ mod tests {
         let text = dir.path().join("notes.txt");
         std::fs::write(&text, "hello, this is not a database at all").unwrap();
         let error = Store::open(&text).unwrap_err();
-        assert_eq!(error.to_string(), format!("{}: not a rung store (not an SQLite database)", text.display()));
+        assert_eq!(
+            error.to_string(),
+            format!("{}: not a rung store (not an SQLite database)", text.display())
+        );
         assert!(error.is_bad_input());
-        assert_eq!(std::fs::read_to_string(&text).unwrap(), "hello, this is not a database at all");
+        assert_eq!(
+            std::fs::read_to_string(&text).unwrap(),
+            "hello, this is not a database at all"
+        );
 
         let other = dir.path().join("other.db");
         let conn = Connection::open(&other).unwrap();
-        conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);").unwrap();
+        conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
         drop(conn);
         let before = std::fs::read(&other).unwrap();
-        assert!(Store::open_or_create(&other).unwrap_err().to_string().contains("another application"));
+        assert!(
+            Store::open_or_create(&other)
+                .unwrap_err()
+                .to_string()
+                .contains("another application")
+        );
         assert_eq!(std::fs::read(&other).unwrap(), before);
 
-        assert!(matches!(Store::open(&dir.path().join("missing.db")), Err(Error::NoStore(_))));
+        assert!(matches!(
+            Store::open(&dir.path().join("missing.db")),
+            Err(Error::NoStore(_))
+        ));
     }
 
     #[test]
@@ -568,7 +774,11 @@ mod tests {
         let error = Store::open(&path).unwrap_err();
         assert_eq!(
             error.to_string(),
-            format!("{}: written by a newer rung (store schema {}, this build knows up to {SCHEMA_VERSION}); upgrade rung", path.display(), SCHEMA_VERSION + 1)
+            format!(
+                "{}: written by a newer rung (store schema {}, this build knows up to {SCHEMA_VERSION}); upgrade rung",
+                path.display(),
+                SCHEMA_VERSION + 1
+            )
         );
     }
 }

@@ -7,12 +7,18 @@ pub fn die_with_parent() -> std::io::Result<()> {
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and touches no memory; it is
     // async-signal-safe, so it may run between fork and exec.
     let result = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
-    if result == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    if result == -1 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Sends `signal` to the process group `group`; a group that is already gone is not an error.
 pub fn signal_group(group: u32, signal: i32) {
-    let Ok(group) = libc::pid_t::try_from(group) else { return };
+    let Ok(group) = libc::pid_t::try_from(group) else {
+        return;
+    };
     // SAFETY: killpg only sends a signal; an invalid or finished group yields ESRCH, ignored here.
     unsafe {
         libc::killpg(group, signal);
@@ -42,5 +48,9 @@ pub fn try_lock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
         return Ok(true);
     }
     let error = std::io::Error::last_os_error();
-    if error.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(error) }
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(error)
+    }
 }

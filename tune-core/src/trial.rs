@@ -135,11 +135,14 @@ impl TrialStatus {
     /// Whether the lifecycle allows moving from `self` to `next`.
     pub fn can_become(self, next: TrialStatus) -> bool {
         use TrialStatus::*;
-        match (self, next) {
-            (Pending, Running) | (Running, Running) | (Running, Paused) | (Paused, Running) => true,
-            (Pending | Running | Paused, Terminated(_) | Errored) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Pending, Running)
+                | (Running, Running)
+                | (Running, Paused)
+                | (Paused, Running)
+                | (Pending | Running | Paused, Terminated(_) | Errored)
+        )
     }
 
     /// A short name: `pending`, `running`, `paused`, `completed`, `stopped`, `sweep_ended`, `errored`.
@@ -212,7 +215,8 @@ pub mod metrics_serde {
         let raw = serde_json::Map::<String, Value>::deserialize(deserializer)?;
         raw.into_iter()
             .map(|(name, value)| {
-                let number = decode(&value).ok_or_else(|| D::Error::custom(format!("metric \"{name}\" is not a number: {value}")))?;
+                let number = decode(&value)
+                    .ok_or_else(|| D::Error::custom(format!("metric \"{name}\" is not a number: {value}")))?;
                 Ok((name, number))
             })
             .collect()
@@ -239,7 +243,14 @@ mod tests {
 
     #[test]
     fn non_finite_metrics_survive_json() {
-        let report = Report { step: 3, metrics: Metrics::from([("a".into(), f64::NAN), ("b".into(), f64::NEG_INFINITY), ("c".into(), 0.5)]) };
+        let report = Report {
+            step: 3,
+            metrics: Metrics::from([
+                ("a".into(), f64::NAN),
+                ("b".into(), f64::NEG_INFINITY),
+                ("c".into(), 0.5),
+            ]),
+        };
         let json = serde_json::to_string(&report).unwrap();
         assert_eq!(json, r#"{"step":3,"metrics":{"a":"NaN","b":"-inf","c":0.5}}"#);
         let back: Report = serde_json::from_str(&json).unwrap();

@@ -24,7 +24,11 @@ impl Config {
     pub fn flatten(&self) -> Vec<(String, &Value)> {
         fn walk<'a>(prefix: &str, map: &'a serde_json::Map<String, Value>, out: &mut Vec<(String, &'a Value)>) {
             for (key, value) in map {
-                let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                let name = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
                 match value {
                     Value::Object(inner) => walk(&name, inner, out),
                     leaf => out.push((name, leaf)),
