@@ -213,3 +213,59 @@ fn a_sweep_killed_with_sigkill_resumes_exactly() {
         "at least one kill should land while a checkpointed trial runs"
     );
 }
+
+#[test]
+fn ctrl_c_stops_the_sweep_for_now_and_resume_finishes_it() {
+    let sandbox = Sandbox::new();
+    sandbox.write(
+        "spec.toml",
+        &common::learning_curve_spec(
+            "num_samples = 4\nmax_concurrent = 2",
+            &["--steps", "12", "--sleep", "0.05", "--checkpoint-every", "2"],
+            "",
+        ),
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_rung"))
+        .args(["run", "spec.toml", "-q"])
+        .current_dir(sandbox.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).contains("interrupted") && stdout(&output).contains("resume with: rung resume --db"),
+        "{}",
+        stdout(&output)
+    );
+    let status = common::json(&sandbox.rung(&["status", "--db", "rung.db", "--json"]));
+    assert_eq!(status["state"], "unfinished");
+    assert!(status["counts"]["running"].as_u64().unwrap() >= 1, "{status}");
+
+    let resumed = sandbox.rung(&["resume", "--db", "rung.db", "-q"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let trials = sandbox.trials("rung.db");
+    assert_eq!(trials.len(), 4);
+    assert!(
+        trials
+            .iter()
+            .all(|t| t.status.label() == "completed" && t.last.as_ref().unwrap().step == 12)
+    );
+    assert!(
+        trials.iter().any(|t| t.launches == 2),
+        "an interrupted trial was relaunched"
+    );
+}
