@@ -275,7 +275,7 @@ impl Spec {
             return bad("max_failed_trials", "must be at least 1, got 0".into());
         }
         self.searcher.validate(&self.space)?;
-        self.scheduler.validate()?;
+        self.scheduler.validate(&self.space)?;
         Ok(())
     }
 

@@ -418,7 +418,7 @@ impl Tuner {
         let controller = Controller::new(
             spec.controller_config()?,
             spec.searcher.build(&spec.space, seed)?,
-            spec.scheduler.build(&spec.metric, spec.mode, seed)?,
+            spec.scheduler.build(spec.mode, seed, &spec.space)?,
         );
         let observer: Box<dyn FnMut(&Progress) + Send> = if self.progress {
             Box::new(progress::Display::new(&spec.metric, controller.config().max_trials).into_observer())

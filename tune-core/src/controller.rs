@@ -7,12 +7,12 @@
 //! the controller handled, and a resumed sweep replays them through a fresh controller (with a
 //! fresh searcher and scheduler) before it carries on.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, TrialReport};
 use crate::searcher::{Searcher, Suggestion, TrialResult};
 use crate::trial::{Decision, EndReason, Mode, Report, TrialId, TrialStatus};
 use crate::value::Config;
@@ -164,6 +164,13 @@ pub enum Record {
         /// The metric at that step.
         value: Option<f64>,
     },
+    /// A trial continues with a new configuration (PBT's explore step).
+    TrialConfig {
+        /// The trial.
+        trial: TrialId,
+        /// Its new configuration.
+        config: Config,
+    },
     /// A checkpoint was deleted by the keep policy.
     CheckpointDeleted {
         /// The trial.
@@ -303,6 +310,10 @@ struct TrialState {
     other_metrics: BTreeSet<String>,
     checkpoints: Vec<(CheckpointRef, Option<f64>)>,
     error: Option<String>,
+    /// The checkpoint the next launch restores from instead of its own (PBT's donor).
+    restore_override: Option<CheckpointRef>,
+    /// Relaunch as soon as its process has exited (it was exploited while paused).
+    restart_when_exited: bool,
 }
 
 /// The sans-IO controller. See the module documentation.
@@ -313,6 +324,10 @@ pub struct Controller {
     trials: Vec<TrialState>,
     alive: BTreeSet<TrialId>,
     paused: BTreeSet<TrialId>,
+    /// Paused trials whose processes have exited: what a scheduler may resume.
+    resumable: BTreeSet<TrialId>,
+    /// Exploited trials whose processes have exited, to relaunch first.
+    restart_queue: VecDeque<TrialId>,
     progress: Progress,
     searcher_done: bool,
     ending: Option<EndCause>,
@@ -335,6 +350,8 @@ impl Controller {
             trials: Vec::new(),
             alive: BTreeSet::new(),
             paused: BTreeSet::new(),
+            resumable: BTreeSet::new(),
+            restart_queue: VecDeque::new(),
             progress,
             searcher_done: false,
             ending: None,
@@ -439,6 +456,7 @@ impl Controller {
             }
             _ => {
                 self.paused.remove(&trial);
+                self.resumable.remove(&trial);
             }
         }
     }
@@ -459,7 +477,8 @@ impl Controller {
 
     fn launch(&mut self, trial: TrialId, commands: &mut Vec<Command>) {
         let state = self.state_mut(trial).expect("launch of a known trial");
-        let restore = state.checkpoints.last().map(|(checkpoint, _)| checkpoint.clone());
+        let restore =
+            state.restore_override.take().or_else(|| state.checkpoints.last().map(|(checkpoint, _)| checkpoint.clone()));
         let attempt = state.launches;
         state.launches += 1;
         state.alive = true;
@@ -517,6 +536,8 @@ impl Controller {
             // checkpoint; that is not one of its failures.
             if status == TrialStatus::Running && self.ending.is_none() {
                 self.launch(trial, commands);
+            } else if status == TrialStatus::Paused {
+                self.paused_trial_exited(trial);
             }
         }
     }
@@ -616,12 +637,23 @@ impl Controller {
             self.begin_end(EndCause::TargetReached, commands);
             return;
         }
+        let has_checkpoint = self.state(trial).is_some_and(|s| !s.checkpoints.is_empty());
         let decision = match value {
-            Some(value) => self.scheduler.on_result(trial, report, Some(value)),
+            Some(value) => {
+                let view = TrialReport { report, value, checkpointed: checkpoint.is_some(), has_checkpoint };
+                self.scheduler.on_result(trial, &view)
+            }
             None => Decision::Continue,
         };
+        let mut exploit = None;
+        if decision == Decision::Pause {
+            exploit = self.scheduler.take_exploit(trial).and_then(|exploit| {
+                let donor = self.state(exploit.donor)?.checkpoints.last()?.0.clone();
+                Some((exploit.config, donor))
+            });
+        }
         let decision = match decision {
-            Decision::Pause if self.state(trial).is_some_and(|s| s.checkpoints.is_empty()) => {
+            Decision::Pause if exploit.is_none() && !has_checkpoint => {
                 // Never leave a trial paused with no way back.
                 self.warned_pause_without_checkpoint = true;
                 Decision::Stop
@@ -635,6 +667,13 @@ impl Controller {
             }
             Decision::Pause => {
                 self.set_status(trial, TrialStatus::Paused);
+                if let Some((config, donor)) = exploit {
+                    let state = self.state_mut(trial).expect("known trial");
+                    state.config = config.clone();
+                    state.restore_override = Some(donor);
+                    state.restart_when_exited = true;
+                    commands.push(Command::Persist(Record::TrialConfig { trial, config }));
+                }
                 commands.push(Command::Persist(self.row(trial)));
             }
         }
@@ -688,8 +727,12 @@ impl Controller {
         self.alive.remove(&trial);
         let state = &mut self.trials[index];
         let status = state.status;
+        if status == TrialStatus::Paused {
+            self.paused_trial_exited(trial);
+            return;
+        }
         if status != TrialStatus::Running {
-            return; // stopped, paused or ended with the sweep: its slot is free now, nothing else
+            return; // stopped or ended with the sweep: its slot is free now, nothing else
         }
         match outcome {
             Outcome::Success if !state.has_metric => {
@@ -746,15 +789,46 @@ impl Controller {
         }
     }
 
+    /// A paused trial's process is gone: it waits to be resumed, or restarts at once when it
+    /// was exploited.
+    fn paused_trial_exited(&mut self, trial: TrialId) {
+        let state = self.state_mut(trial).expect("known trial");
+        if std::mem::take(&mut state.restart_when_exited) {
+            self.restart_queue.push_back(trial);
+        } else {
+            self.resumable.insert(trial);
+        }
+    }
+
+    /// Stops the trials the scheduler gave up on.
+    fn stop_given_up(&mut self, commands: &mut Vec<Command>) {
+        for trial in self.scheduler.take_trials_to_stop() {
+            match self.status(trial) {
+                Some(TrialStatus::Paused) => {
+                    self.restart_queue.retain(|t| *t != trial);
+                    self.finish_trial(trial, TrialStatus::Terminated(EndReason::StoppedEarly), None, commands);
+                }
+                Some(TrialStatus::Running) => {
+                    self.finish_trial(trial, TrialStatus::Terminated(EndReason::StoppedEarly), None, commands);
+                    commands.push(Command::Stop { trial });
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn fill(&mut self, commands: &mut Vec<Command>) {
+        self.stop_given_up(commands);
         while self.ending.is_none() && self.alive.len() < self.config.max_concurrent {
-            if let Some(trial) = self.scheduler.choose_trial_to_resume() {
-                debug_assert_eq!(
-                    self.status(trial),
-                    Some(TrialStatus::Paused),
-                    "scheduler resumed {trial}, which is not paused"
-                );
-                if self.status(trial) == Some(TrialStatus::Paused) && !self.alive.contains(&trial) {
+            if let Some(trial) = self.restart_queue.pop_front() {
+                self.launch(trial, commands);
+                continue;
+            }
+            if !self.resumable.is_empty()
+                && let Some(trial) = self.scheduler.choose_trial_to_resume(&self.resumable)
+            {
+                debug_assert!(self.resumable.contains(&trial), "scheduler resumed {trial}, which is not resumable");
+                if self.resumable.remove(&trial) {
                     self.launch(trial, commands);
                     continue;
                 }
@@ -779,6 +853,8 @@ impl Controller {
                         other_metrics: BTreeSet::new(),
                         checkpoints: Vec::new(),
                         error: None,
+                        restore_override: None,
+                        restart_when_exited: false,
                     });
                     let config = &self.trials.last().expect("just pushed").config;
                     self.scheduler.on_trial_add(trial, config);
@@ -852,15 +928,11 @@ mod tests {
         removed: Vec<TrialId>,
     }
     impl Scheduler for Threshold {
-        fn on_result(&mut self, _trial: TrialId, report: &Report, value: Option<f64>) -> Decision {
-            if Some(report.step) == self.pause_at {
+        fn on_result(&mut self, _trial: TrialId, result: &TrialReport<'_>) -> Decision {
+            if Some(result.report.step) == self.pause_at {
                 return Decision::Pause;
             }
-            if value.is_some_and(|v| v > 0.5) {
-                Decision::Stop
-            } else {
-                Decision::Continue
-            }
+            if result.value > 0.5 { Decision::Stop } else { Decision::Continue }
         }
         fn on_trial_remove(&mut self, trial: TrialId) {
             self.removed.push(trial);

@@ -572,6 +572,10 @@ fn write_record(tx: &rusqlite::Transaction<'_>, experiment: i64, record: &Record
                 value.map(encode_value)
             ])?;
         }
+        Record::TrialConfig { trial, config } => {
+            tx.prepare_cached("UPDATE trials SET config = ?3 WHERE experiment_id = ?1 AND trial_id = ?2")?
+                .execute(params![experiment, trial.0 as i64, config.to_json()])?;
+        }
         Record::CheckpointDeleted { trial, path } => {
             tx.prepare_cached(
                 "UPDATE checkpoints SET deleted = 1 WHERE experiment_id = ?1 AND trial_id = ?2 AND path = ?3",
