@@ -330,6 +330,7 @@ pub struct Controller {
     restart_queue: VecDeque<TrialId>,
     progress: Progress,
     searcher_done: bool,
+    told_no_more_trials: bool,
     ending: Option<EndCause>,
     searcher_error: Option<String>,
     finished: bool,
@@ -354,6 +355,7 @@ impl Controller {
             restart_queue: VecDeque::new(),
             progress,
             searcher_done: false,
+            told_no_more_trials: false,
             ending: None,
             searcher_error: None,
             finished: false,
@@ -818,6 +820,11 @@ impl Controller {
     }
 
     fn fill(&mut self, commands: &mut Vec<Command>) {
+        let no_more = self.searcher_done || self.config.max_trials.is_some_and(|max| self.progress.created >= max);
+        if no_more && !self.told_no_more_trials {
+            self.told_no_more_trials = true;
+            self.scheduler.on_no_more_trials();
+        }
         self.stop_given_up(commands);
         while self.ending.is_none() && self.alive.len() < self.config.max_concurrent {
             if let Some(trial) = self.restart_queue.pop_front() {

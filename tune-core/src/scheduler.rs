@@ -65,6 +65,11 @@ pub trait Scheduler: Send {
         Vec::new()
     }
 
+    /// No new trial will be created (the trial budget is reached or the searcher is exhausted):
+    /// schedulers that wait for a full set of trials (Hyperband) should work with what they
+    /// have. Called once.
+    fn on_no_more_trials(&mut self) {}
+
     /// Right after `on_result` paused `trial`: how it should continue, if it is to be exploited
     /// (PBT). The controller relaunches it with the new config from the donor's checkpoint.
     fn take_exploit(&mut self, _trial: TrialId) -> Option<Exploit> {
