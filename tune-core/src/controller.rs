@@ -820,11 +820,16 @@ impl Controller {
     }
 
     fn fill(&mut self, commands: &mut Vec<Command>) {
+        self.fill_slots(commands);
         let no_more = self.searcher_done || self.config.max_trials.is_some_and(|max| self.progress.created >= max);
         if no_more && !self.told_no_more_trials {
             self.told_no_more_trials = true;
             self.scheduler.on_no_more_trials();
+            self.fill_slots(commands);
         }
+    }
+
+    fn fill_slots(&mut self, commands: &mut Vec<Command>) {
         self.stop_given_up(commands);
         while self.ending.is_none() && self.alive.len() < self.config.max_concurrent {
             if let Some(trial) = self.restart_queue.pop_front() {
