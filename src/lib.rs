@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod progress;
+pub mod simulate;
 pub mod spec;
 pub mod tuner;
 pub mod workloads;

@@ -53,6 +53,25 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Run a sweep in virtual time against a built-in workload (`[trial] simulate`).
+    ///
+    /// The real controller, searcher, scheduler and store run; only the trials are simulated,
+    /// so nothing sleeps and no process starts. The same spec and seed give byte-identical
+    /// `rung export` output. Prints the virtual time the sweep would have taken and the best
+    /// result.
+    Simulate {
+        /// The spec file (its `[trial] simulate` names the workload, e.g. "learning-curve").
+        spec: PathBuf,
+        /// Simulated workers: trials running at once.
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+        /// The store [default: rung-sim.db beside the spec].
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Override the spec's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Resume an unfinished sweep (killed, crashed or interrupted) exactly where it stopped.
     ///
     /// The event log is replayed through fresh searcher and scheduler objects; completed trials
@@ -160,6 +179,12 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                 spec.name = name;
             }
             spec.validate()?;
+            if spec.trial.command.is_empty() {
+                return Err(Error::Usage(format!(
+                    "{}: its trials are simulated ([trial] simulate); run it with `rung simulate`",
+                    spec_path.display()
+                )));
+            }
             let db = db.unwrap_or_else(|| spec_path.parent().unwrap_or(Path::new(".")).join("rung.db"));
             eprintln!(
                 "[rung] sweep \"{}\": {} · store {}",
@@ -169,6 +194,38 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             );
             let result = block_on(Tuner::from_spec(spec, db).with_progress(!quiet).run_command())?;
             Ok(finish(&result))
+        }
+        Command::Simulate { spec: spec_path, workers, db, seed } => {
+            let mut spec = Spec::load(&spec_path)?;
+            if let Some(seed) = seed {
+                spec.seed = Some(seed);
+            }
+            let db = db.unwrap_or_else(|| spec_path.parent().unwrap_or(Path::new(".")).join("rung-sim.db"));
+            let started = std::time::Instant::now();
+            let simulation = rung::simulate::simulate(&spec, &db, workers, |_, _| {})?;
+            let wall = started.elapsed().as_secs_f64();
+            let progress = &simulation.summary.progress;
+            println!(
+                "simulated \"{}\" on {workers} workers: {} ({})",
+                simulation.experiment,
+                rung::simulate::describe(progress),
+                simulation.summary.cause.label()
+            );
+            println!(
+                "virtual time {:.1}s ({:.2}h); {} reports in {wall:.2}s of real time ({:.0} reports/s, store on)",
+                simulation.virtual_time.as_secs_f64(),
+                simulation.virtual_time.as_secs_f64() / 3600.0,
+                simulation.reports,
+                simulation.reports as f64 / wall.max(1e-9)
+            );
+            match (progress.best, &simulation.best_config) {
+                (Some((trial, value, step)), Some(config)) => {
+                    println!("best: {trial} {}={value} at step {step}  config {}", spec.metric, config.to_json())
+                }
+                _ => println!("best: none"),
+            }
+            println!("store: {}  (rung status|best|export --db {})", db.display(), db.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Resume {
             db,

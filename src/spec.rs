@@ -107,6 +107,9 @@ pub struct TrialSpec {
     /// Defaults to the spec file's folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<PathBuf>,
+    /// A built-in workload to run in virtual time with `rung simulate` (`learning-curve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulate: Option<String>,
 }
 
 impl Default for TrialSpec {
@@ -118,6 +121,7 @@ impl Default for TrialSpec {
             stop_grace_s: default_stop_grace(),
             env: BTreeMap::new(),
             workdir: None,
+        simulate: None,
         }
     }
 }
@@ -183,13 +187,15 @@ impl Spec {
         });
         spec.resolve_defaults();
         spec.validate()?;
-        if spec.trial.command.is_empty() {
+        if spec.trial.command.is_empty() && spec.trial.simulate.is_none() {
             return Err(Error::Core(tune_core::Error::setting(
                 "trial.command",
-                "is missing: a spec run from the command line needs the trial's command",
+                "is missing: a spec run from the command line needs the trial's command (or `simulate` for rung simulate)",
             )));
         }
-        spec.validate_command()?;
+        if !spec.trial.command.is_empty() {
+            spec.validate_command()?;
+        }
         Ok(spec)
     }
 
@@ -273,6 +279,14 @@ impl Spec {
         }
         if self.max_failed_trials == Some(0) {
             return bad("max_failed_trials", "must be at least 1, got 0".into());
+        }
+        if let Some(workload) = &self.trial.simulate
+            && !crate::simulate::WORKLOADS.contains(&workload.as_str())
+        {
+            return bad(
+                "trial.simulate",
+                format!("unknown workload \"{workload}\" (known: {})", crate::simulate::WORKLOADS.join(", ")),
+            );
         }
         self.searcher.validate(&self.space)?;
         self.scheduler.validate(&self.space)?;

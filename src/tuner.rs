@@ -415,11 +415,7 @@ impl Tuner {
         let _lock = ExperimentLock::acquire(&trials_root, &experiment.name)?;
         let runner = make_runner(&spec, &experiment, trials_root)?;
         let seed = experiment.seed;
-        let controller = Controller::new(
-            spec.controller_config()?,
-            spec.searcher.build(&spec.space, seed)?,
-            spec.scheduler.build(spec.mode, seed, &spec.space)?,
-        );
+        let controller = controller_for(&spec, seed)?;
         let observer: Box<dyn FnMut(&Progress) + Send> = if self.progress {
             Box::new(progress::Display::new(&spec.metric, controller.config().max_trials).into_observer())
         } else {
@@ -446,6 +442,16 @@ impl Tuner {
         };
         load_result(&store, &experiment, &spec, status)
     }
+}
+
+/// A controller with a fresh searcher and scheduler for `spec`, seeded with `seed`: what a new
+/// sweep starts with and what a resumed one replays its log through.
+pub fn controller_for(spec: &Spec, seed: u64) -> Result<Controller> {
+    Ok(Controller::new(
+        spec.controller_config()?,
+        spec.searcher.build(&spec.space, seed)?,
+        spec.scheduler.build(spec.mode, seed, &spec.space)?,
+    ))
 }
 
 /// Warns when a resumed experiment's stored spec differs from the settings given now.
