@@ -202,7 +202,7 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             }
             let db = db.unwrap_or_else(|| spec_path.parent().unwrap_or(Path::new(".")).join("rung-sim.db"));
             let started = std::time::Instant::now();
-            let simulation = rung::simulate::simulate(&spec, &db, workers, |_, _| {})?;
+            let simulation = rung::simulate::simulate(&spec, &db, workers, |_, _| std::ops::ControlFlow::Continue(()))?;
             let wall = started.elapsed().as_secs_f64();
             let progress = &simulation.summary.progress;
             println!(

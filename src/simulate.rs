@@ -12,6 +12,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Duration;
 
@@ -65,12 +66,13 @@ struct Running {
 }
 
 /// Runs `spec` in virtual time with `workers` trials at once, storing everything in `store`.
-/// `observer` sees every event with the commands it caused (tests use it to check replay).
+/// `observer` sees every event with the commands it caused (tests use it to check replay);
+/// when it answers `Break`, the sweep is ended there (a logged `StopSweep`).
 pub fn simulate(
     spec: &Spec,
     store_path: &Path,
     workers: usize,
-    mut observer: impl FnMut(&Event, &[Command]),
+    mut observer: impl FnMut(&Event, &[Command]) -> ControlFlow<()>,
 ) -> Result<Simulation> {
     let workload = spec.trial.simulate.as_deref().ok_or_else(|| {
         Error::Usage("the spec has no [trial] simulate = \"learning-curve\": nothing to simulate".into())
@@ -109,11 +111,16 @@ pub fn simulate(
     let mut pending: Vec<(u64, Event)> = vec![(0, Event::Start)];
     let mut summary = None;
     let mut now = 0u64;
+    let mut stop_requested = false;
+    let mut stop_at = None;
 
     loop {
         for (at, event) in pending.drain(..) {
             let commands = controller.handle(&event, Duration::from_millis(at));
-            observer(&event, &commands);
+            if observer(&event, &commands).is_break() && !stop_requested {
+                stop_requested = true;
+                stop_at = Some(at);
+            }
             events += 1;
             let answered_step = match &event {
                 Event::Reported { trial, report, .. } => Some((*trial, report.step)),
@@ -156,6 +163,10 @@ pub fn simulate(
                     Command::Finished(end) => summary = Some(end),
                 }
             }
+        }
+        if let Some(at) = stop_at.take() {
+            pending.push((at, Event::StopSweep));
+            continue;
         }
         if batch.events.len() >= COMMIT_EVERY || summary.is_some() {
             store.commit(experiment.id, &std::mem::take(&mut batch))?;

@@ -47,7 +47,10 @@ fn replay_matches_the_uninterrupted_run(scheduler: &str, num_samples: u64) {
     let sandbox = Sandbox::new();
     let spec = Spec::from_toml_str(&spec(scheduler, num_samples)).unwrap();
     let mut original = Vec::new();
-    let simulation = rung::simulate::simulate(&spec, &sandbox.path("sim.db"), 8, |_, commands| original.push(digest(&commands))).unwrap();
+    let simulation = rung::simulate::simulate(&spec, &sandbox.path("sim.db"), 8, |_, commands| {
+        original.push(digest(&commands));
+        std::ops::ControlFlow::Continue(())
+    }).unwrap();
     assert_eq!(simulation.summary.progress.created, num_samples);
 
     let store = Store::open(&sandbox.path("sim.db")).unwrap();

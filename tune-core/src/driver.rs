@@ -215,6 +215,7 @@ impl Driver {
 
         let tick = Duration::from_millis(200);
         let mut stops: HashMap<TrialId, watch::Sender<bool>> = HashMap::new();
+        let mut warned_no_checkpoint = false;
         loop {
             if waiting.is_empty() {
                 match receiver.recv_timeout(tick) {
@@ -304,6 +305,13 @@ impl Driver {
                     Command::Finished(summary) => finished = Some(summary),
                     Command::Persist(_) | Command::Respond { .. } => unreachable!("handled above"),
                 }
+            }
+            if !warned_no_checkpoint && controller.paused_without_checkpoint() {
+                warned_no_checkpoint = true;
+                let message = "the scheduler pauses trials, but a trial asked to pause had no checkpoint: \
+                               it was stopped instead (trials must report \"checkpoint\": true to be paused and resumed)";
+                tracing::warn!("{message}");
+                eprintln!("warning: {message}");
             }
             observer(controller.progress());
             if let Some(summary) = finished {
