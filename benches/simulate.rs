@@ -53,7 +53,13 @@ fn best_achievable() -> f64 {
                     let z = z_lo + (z_hi - z_lo) * i as f64 / 200.0;
                     for j in 0..=100 {
                         let d = d_lo + (d_hi - d_lo) * j as f64 / 100.0;
-                        let loss = LearningCurve { lr: 10f64.powf(z), batch, layers, dropout: d }.loss(LEARNING_CURVE_STEPS);
+                        let loss = LearningCurve {
+                            lr: 10f64.powf(z),
+                            batch,
+                            layers,
+                            dropout: d,
+                        }
+                        .loss(LEARNING_CURVE_STEPS);
                         if loss < local {
                             (best_z, best_d, local) = (z, d, loss);
                         }
@@ -116,13 +122,28 @@ reduction_factor = 3"#;
     let best = best_achievable();
     let goal = best + 0.01;
     println!("best achievable final loss {best:.5}; goal: a trial ending at step 81 with loss <= {goal:.5}");
-    let seeds: u64 = std::env::var("RUNG_BENCH_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let seeds: u64 = std::env::var("RUNG_BENCH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let setups = [
         ("random + FIFO", r#"kind = "fifo""#.to_owned()),
-        ("ASHA stop", "kind = \"asha\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3".to_owned()),
-        ("ASHA promote", "kind = \"asha\"\ntype = \"promote\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3".to_owned()),
-        ("Hyperband", "kind = \"hyperband\"\nmax_t = 81\nreduction_factor = 3".to_owned()),
-        ("median stopping", "kind = \"median\"\ngrace_period = 1\nmin_samples_required = 3".to_owned()),
+        (
+            "ASHA stop",
+            "kind = \"asha\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3".to_owned(),
+        ),
+        (
+            "ASHA promote",
+            "kind = \"asha\"\ntype = \"promote\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3".to_owned(),
+        ),
+        (
+            "Hyperband",
+            "kind = \"hyperband\"\nmax_t = 81\nreduction_factor = 3".to_owned(),
+        ),
+        (
+            "median stopping",
+            "kind = \"median\"\ngrace_period = 1\nmin_samples_required = 3".to_owned(),
+        ),
     ];
     let mut fifo_median = None;
     println!("| setup | median hours to goal | IQR (hours) | found | speed-up vs FIFO |");
@@ -163,6 +184,9 @@ reduction_factor = 3"#;
         if fifo_median.is_none() {
             fifo_median = Some(median);
         }
-        println!("| {name} | {median:.2} | {q1:.2}–{q3:.2} | {}/{seeds} | {speedup} |", hours.len());
+        println!(
+            "| {name} | {median:.2} | {q1:.2}–{q3:.2} | {}/{seeds} | {speedup} |",
+            hours.len()
+        );
     }
 }

@@ -195,7 +195,12 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             let result = block_on(Tuner::from_spec(spec, db).with_progress(!quiet).run_command())?;
             Ok(finish(&result))
         }
-        Command::Simulate { spec: spec_path, workers, db, seed } => {
+        Command::Simulate {
+            spec: spec_path,
+            workers,
+            db,
+            seed,
+        } => {
             let mut spec = Spec::load(&spec_path)?;
             if let Some(seed) = seed {
                 spec.seed = Some(seed);
@@ -220,11 +225,19 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             );
             match (progress.best, &simulation.best_config) {
                 (Some((trial, value, step)), Some(config)) => {
-                    println!("best: {trial} {}={value} at step {step}  config {}", spec.metric, config.to_json())
+                    println!(
+                        "best: {trial} {}={value} at step {step}  config {}",
+                        spec.metric,
+                        config.to_json()
+                    )
                 }
                 _ => println!("best: none"),
             }
-            println!("store: {}  (rung status|best|export --db {})", db.display(), db.display());
+            println!(
+                "store: {}  (rung status|best|export --db {})",
+                db.display(),
+                db.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Resume {

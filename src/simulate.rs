@@ -56,8 +56,15 @@ pub struct Simulation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Due {
     /// The trial's next report. Ordered before exits at the same time (seq breaks ties anyway).
-    Report { trial: TrialId, launch: u32, step: u64 },
-    Exit { trial: TrialId, launch: u32 },
+    Report {
+        trial: TrialId,
+        launch: u32,
+        step: u64,
+    },
+    Exit {
+        trial: TrialId,
+        launch: u32,
+    },
 }
 
 struct Running {
@@ -127,7 +134,11 @@ pub fn simulate(
                 _ => None,
             };
             log_seq += 1;
-            batch.events.push(LoggedEvent { seq: log_seq, at_ms: at, event });
+            batch.events.push(LoggedEvent {
+                seq: log_seq,
+                at_ms: at,
+                event,
+            });
             for command in commands {
                 match command {
                     Command::Persist(record) => batch.records.push(record),
@@ -141,22 +152,54 @@ pub fn simulate(
                         })?;
                         let step = launch.restore.as_ref().map_or(0, |r| r.step) + 1;
                         let cost = step_cost_ms(&curve);
-                        push(&mut queue, at + STARTUP_MS + cost, Due::Report { trial: launch.trial, launch: launch.attempt, step });
-                        running.insert(launch.trial, Running { curve, launch: launch.attempt });
+                        push(
+                            &mut queue,
+                            at + STARTUP_MS + cost,
+                            Due::Report {
+                                trial: launch.trial,
+                                launch: launch.attempt,
+                                step,
+                            },
+                        );
+                        running.insert(
+                            launch.trial,
+                            Running {
+                                curve,
+                                launch: launch.attempt,
+                            },
+                        );
                     }
                     Command::Respond { trial, step, decision } => {
                         debug_assert_eq!(answered_step, Some((trial, step)));
                         let Some(run) = running.get(&trial) else { continue };
                         if decision == tune_core::trial::Decision::Continue && step < LEARNING_CURVE_STEPS {
-                            let due = Due::Report { trial, launch: run.launch, step: step + 1 };
+                            let due = Due::Report {
+                                trial,
+                                launch: run.launch,
+                                step: step + 1,
+                            };
                             push(&mut queue, at + step_cost_ms(&run.curve), due);
                         } else {
-                            push(&mut queue, at, Due::Exit { trial, launch: run.launch });
+                            push(
+                                &mut queue,
+                                at,
+                                Due::Exit {
+                                    trial,
+                                    launch: run.launch,
+                                },
+                            );
                         }
                     }
                     Command::Stop { trial } => {
                         if let Some(run) = running.get(&trial) {
-                            push(&mut queue, at, Due::Exit { trial, launch: run.launch });
+                            push(
+                                &mut queue,
+                                at,
+                                Due::Exit {
+                                    trial,
+                                    launch: run.launch,
+                                },
+                            );
                         }
                     }
                     Command::DeleteCheckpoint { .. } => {}
@@ -184,21 +227,41 @@ pub fn simulate(
             });
         }
         let Some(Reverse((at, _, due))) = queue.pop() else {
-            return Err(Error::Internal("the simulation ran out of events before the sweep finished".into()));
+            return Err(Error::Internal(
+                "the simulation ran out of events before the sweep finished".into(),
+            ));
         };
         now = at;
         match due {
             Due::Report { trial, launch, step } => {
-                let Some(run) = running.get(&trial).filter(|r| r.launch == launch) else { continue };
+                let Some(run) = running.get(&trial).filter(|r| r.launch == launch) else {
+                    continue;
+                };
                 reports += 1;
-                let report = Report { step, metrics: [("loss".to_owned(), run.curve.loss(step))].into() };
+                let report = Report {
+                    step,
+                    metrics: [("loss".to_owned(), run.curve.loss(step))].into(),
+                };
                 let checkpoint = checkpoints.then(|| format!("sim://{}/{trial}/step_{step}", experiment.name));
-                pending.push((at, Event::Reported { trial, report, checkpoint }));
+                pending.push((
+                    at,
+                    Event::Reported {
+                        trial,
+                        report,
+                        checkpoint,
+                    },
+                ));
             }
             Due::Exit { trial, launch } => {
                 if running.get(&trial).is_some_and(|r| r.launch == launch) {
                     running.remove(&trial);
-                    pending.push((at, Event::Exited { trial, outcome: Outcome::Success }));
+                    pending.push((
+                        at,
+                        Event::Exited {
+                            trial,
+                            outcome: Outcome::Success,
+                        },
+                    ));
                 }
             }
         }

@@ -121,7 +121,7 @@ impl Default for TrialSpec {
             stop_grace_s: default_stop_grace(),
             env: BTreeMap::new(),
             workdir: None,
-        simulate: None,
+            simulate: None,
         }
     }
 }
@@ -285,7 +285,10 @@ impl Spec {
         {
             return bad(
                 "trial.simulate",
-                format!("unknown workload \"{workload}\" (known: {})", crate::simulate::WORKLOADS.join(", ")),
+                format!(
+                    "unknown workload \"{workload}\" (known: {})",
+                    crate::simulate::WORKLOADS.join(", ")
+                ),
             );
         }
         self.searcher.validate(&self.space)?;

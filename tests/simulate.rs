@@ -50,7 +50,8 @@ fn replay_matches_the_uninterrupted_run(scheduler: &str, num_samples: u64) {
     let simulation = rung::simulate::simulate(&spec, &sandbox.path("sim.db"), 8, |_, commands| {
         original.push(digest(&commands));
         std::ops::ControlFlow::Continue(())
-    }).unwrap();
+    })
+    .unwrap();
     assert_eq!(simulation.summary.progress.created, num_samples);
 
     let store = Store::open(&sandbox.path("sim.db")).unwrap();
@@ -61,7 +62,13 @@ fn replay_matches_the_uninterrupted_run(scheduler: &str, num_samples: u64) {
     assert_eq!(events.len(), original.len());
     for (index, logged) in events.iter().enumerate() {
         let commands = replayed.handle(&logged.event, Duration::from_millis(logged.at_ms));
-        assert_eq!(digest(&commands), original[index], "{scheduler}: replay diverged at event {} ({:?})", logged.seq, logged.event);
+        assert_eq!(
+            digest(&commands),
+            original[index],
+            "{scheduler}: replay diverged at event {} ({:?})",
+            logged.seq,
+            logged.event
+        );
     }
     assert!(replayed.is_finished());
 }
@@ -85,7 +92,10 @@ fn the_same_spec_and_seed_give_byte_identical_exports() {
     assert_eq!(exports[0], exports[1]);
     let other = sandbox.rung(&["simulate", "sim.toml", "--workers", "4", "--db", "c.db", "--seed", "4"]);
     assert!(other.status.success());
-    assert_ne!(exports[0], sandbox.rung(&["export", "--db", "c.db", "--format", "json"]).stdout);
+    assert_ne!(
+        exports[0],
+        sandbox.rung(&["export", "--db", "c.db", "--format", "json"]).stdout
+    );
 }
 
 #[test]
@@ -94,9 +104,20 @@ fn simulate_refuses_specs_without_a_workload_and_run_refuses_simulated_specs() {
     sandbox.write("sim.toml", &spec("kind = \"fifo\"", 3));
     let run = sandbox.rung(&["run", "sim.toml"]);
     assert_eq!(run.status.code(), Some(2));
-    assert!(common::stderr(&run).contains("its trials are simulated"), "{}", common::stderr(&run));
-    sandbox.write("bad.toml", &spec("kind = \"fifo\"", 3).replace("learning-curve", "mnist"));
+    assert!(
+        common::stderr(&run).contains("its trials are simulated"),
+        "{}",
+        common::stderr(&run)
+    );
+    sandbox.write(
+        "bad.toml",
+        &spec("kind = \"fifo\"", 3).replace("learning-curve", "mnist"),
+    );
     let bad = sandbox.rung(&["simulate", "bad.toml"]);
     assert_eq!(bad.status.code(), Some(2));
-    assert!(common::stderr(&bad).contains("unknown workload \"mnist\" (known: learning-curve)"), "{}", common::stderr(&bad));
+    assert!(
+        common::stderr(&bad).contains("unknown workload \"mnist\" (known: learning-curve)"),
+        "{}",
+        common::stderr(&bad)
+    );
 }

@@ -314,6 +314,8 @@ struct TrialState {
     restore_override: Option<CheckpointRef>,
     /// Relaunch as soon as its process has exited (it was exploited while paused).
     restart_when_exited: bool,
+    /// The donor checkpoint this trial pins until it has restored from it.
+    pin: Option<String>,
 }
 
 /// The sans-IO controller. See the module documentation.
@@ -328,6 +330,8 @@ pub struct Controller {
     resumable: BTreeSet<TrialId>,
     /// Exploited trials whose processes have exited, to relaunch first.
     restart_queue: VecDeque<TrialId>,
+    /// Checkpoints an exploited trial will restore from: the keep policy leaves them alone.
+    pinned: std::collections::BTreeMap<String, u32>,
     progress: Progress,
     searcher_done: bool,
     told_no_more_trials: bool,
@@ -353,6 +357,7 @@ impl Controller {
             paused: BTreeSet::new(),
             resumable: BTreeSet::new(),
             restart_queue: VecDeque::new(),
+            pinned: std::collections::BTreeMap::new(),
             progress,
             searcher_done: false,
             told_no_more_trials: false,
@@ -479,8 +484,10 @@ impl Controller {
 
     fn launch(&mut self, trial: TrialId, commands: &mut Vec<Command>) {
         let state = self.state_mut(trial).expect("launch of a known trial");
-        let restore =
-            state.restore_override.take().or_else(|| state.checkpoints.last().map(|(checkpoint, _)| checkpoint.clone()));
+        let restore = state
+            .restore_override
+            .take()
+            .or_else(|| state.checkpoints.last().map(|(checkpoint, _)| checkpoint.clone()));
         let attempt = state.launches;
         state.launches += 1;
         state.alive = true;
@@ -507,6 +514,7 @@ impl Controller {
         commands: &mut Vec<Command>,
     ) {
         self.set_status(trial, status);
+        self.unpin(trial);
         let index = self.index(trial).expect("finish of a known trial");
         self.trials[index].error = error;
         let state = &self.trials[index];
@@ -554,11 +562,12 @@ impl Controller {
             commands.push(respond(Decision::Stop));
             return;
         };
-        let state = &mut self.trials[index];
-        if state.status != TrialStatus::Running {
+        if self.trials[index].status != TrialStatus::Running {
             commands.push(respond(Decision::Stop));
             return;
         }
+        self.unpin(trial); // it reports, so it has restored from whatever it pinned
+        let state = &mut self.trials[index];
         // Reports are idempotent per (trial, step): a trial restarted from a checkpoint repeats
         // steps that were already committed; the first value stands.
         if state.last.as_ref().is_some_and(|last| report.step <= last.step) {
@@ -642,7 +651,12 @@ impl Controller {
         let has_checkpoint = self.state(trial).is_some_and(|s| !s.checkpoints.is_empty());
         let decision = match value {
             Some(value) => {
-                let view = TrialReport { report, value, checkpointed: checkpoint.is_some(), has_checkpoint };
+                let view = TrialReport {
+                    report,
+                    value,
+                    checkpointed: checkpoint.is_some(),
+                    has_checkpoint,
+                };
                 self.scheduler.on_result(trial, &view)
             }
             None => Decision::Continue,
@@ -670,7 +684,9 @@ impl Controller {
             Decision::Pause => {
                 self.set_status(trial, TrialStatus::Paused);
                 if let Some((config, donor)) = exploit {
+                    *self.pinned.entry(donor.path.clone()).or_default() += 1;
                     let state = self.state_mut(trial).expect("known trial");
+                    state.pin = Some(donor.path.clone());
                     state.config = config.clone();
                     state.restore_override = Some(donor);
                     state.restart_when_exited = true;
@@ -687,7 +703,9 @@ impl Controller {
             return;
         };
         let mode = self.config.mode;
-        let state = self.state_mut(trial).expect("known trial");
+        let index = self.index(trial).expect("known trial");
+        let pinned = &self.pinned;
+        let state = &mut self.trials[index];
         let latest = state.checkpoints.len() - 1;
         let mut ranked: Vec<usize> = (0..latest).collect();
         let score = |index: usize, checkpoints: &[(CheckpointRef, Option<f64>)]| {
@@ -704,7 +722,11 @@ impl Controller {
                 .get(keep.saturating_sub(1))
                 .map_or(f64::NEG_INFINITY, |&i| score(i, &state.checkpoints));
         let others_kept = if latest_in_top { keep.saturating_sub(1) } else { keep };
-        let mut doomed: Vec<usize> = ranked.into_iter().skip(others_kept).collect();
+        let mut doomed: Vec<usize> = ranked
+            .into_iter()
+            .skip(others_kept)
+            .filter(|&i| !pinned.contains_key(&state.checkpoints[i].0.path))
+            .collect();
         doomed.sort_unstable_by(|a, b| b.cmp(a));
         for index in doomed {
             let (checkpoint, _) = state.checkpoints.remove(index);
@@ -727,6 +749,9 @@ impl Controller {
         }
         state.alive = false;
         self.alive.remove(&trial);
+        if self.trials[index].status == TrialStatus::Running {
+            self.unpin(trial);
+        }
         let state = &mut self.trials[index];
         let status = state.status;
         if status == TrialStatus::Paused {
@@ -791,6 +816,19 @@ impl Controller {
         }
     }
 
+    /// The trial no longer needs the donor checkpoint it pinned (it restored from it, or ended).
+    fn unpin(&mut self, trial: TrialId) {
+        let Some(path) = self.state_mut(trial).and_then(|state| state.pin.take()) else {
+            return;
+        };
+        if let Some(count) = self.pinned.get_mut(&path) {
+            *count -= 1;
+            if *count == 0 {
+                self.pinned.remove(&path);
+            }
+        }
+    }
+
     /// A paused trial's process is gone: it waits to be resumed, or restarts at once when it
     /// was exploited.
     fn paused_trial_exited(&mut self, trial: TrialId) {
@@ -839,7 +877,10 @@ impl Controller {
             if !self.resumable.is_empty()
                 && let Some(trial) = self.scheduler.choose_trial_to_resume(&self.resumable)
             {
-                debug_assert!(self.resumable.contains(&trial), "scheduler resumed {trial}, which is not resumable");
+                debug_assert!(
+                    self.resumable.contains(&trial),
+                    "scheduler resumed {trial}, which is not resumable"
+                );
                 if self.resumable.remove(&trial) {
                     self.launch(trial, commands);
                     continue;
@@ -867,6 +908,7 @@ impl Controller {
                         error: None,
                         restore_override: None,
                         restart_when_exited: false,
+                        pin: None,
                     });
                     let config = &self.trials.last().expect("just pushed").config;
                     self.scheduler.on_trial_add(trial, config);
@@ -944,7 +986,11 @@ mod tests {
             if Some(result.report.step) == self.pause_at {
                 return Decision::Pause;
             }
-            if result.value > 0.5 { Decision::Stop } else { Decision::Continue }
+            if result.value > 0.5 {
+                Decision::Stop
+            } else {
+                Decision::Continue
+            }
         }
         fn on_trial_remove(&mut self, trial: TrialId) {
             self.removed.push(trial);
@@ -1325,6 +1371,149 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    /// What a [`Scripted`] scheduler does next; the test keeps a handle to change it.
+    #[derive(Default)]
+    struct Script {
+        resume: Option<TrialId>,
+        stop: Vec<TrialId>,
+        exploit: Option<(TrialId, TrialId)>,
+        no_more: bool,
+    }
+
+    /// A scheduler driven by a script: pauses at step 2, then resumes, stops or exploits as told.
+    struct Scripted(std::sync::Arc<std::sync::Mutex<Script>>);
+
+    impl Scheduler for Scripted {
+        fn on_result(&mut self, _trial: TrialId, result: &TrialReport<'_>) -> Decision {
+            if result.report.step == 2 {
+                Decision::Pause
+            } else {
+                Decision::Continue
+            }
+        }
+        fn choose_trial_to_resume(&mut self, resumable: &BTreeSet<TrialId>) -> Option<TrialId> {
+            let mut script = self.0.lock().unwrap();
+            let trial = script.resume.filter(|t| resumable.contains(t))?;
+            script.resume = None;
+            Some(trial)
+        }
+        fn take_trials_to_stop(&mut self) -> Vec<TrialId> {
+            std::mem::take(&mut self.0.lock().unwrap().stop)
+        }
+        fn take_exploit(&mut self, trial: TrialId) -> Option<crate::scheduler::Exploit> {
+            let (recipient, donor) = self.0.lock().unwrap().exploit?;
+            (recipient == trial).then(|| crate::scheduler::Exploit {
+                donor,
+                config: serde_json::from_value(json!({"x": 100})).unwrap(),
+            })
+        }
+        fn on_no_more_trials(&mut self) {
+            self.0.lock().unwrap().no_more = true;
+        }
+    }
+
+    fn scripted(config: ControllerConfig, script: Script) -> (Controller, std::sync::Arc<std::sync::Mutex<Script>>) {
+        let script = std::sync::Arc::new(std::sync::Mutex::new(script));
+        (
+            Controller::new(config, Box::new(Counting), Box::new(Scripted(script.clone()))),
+            script,
+        )
+    }
+
+    fn checkpointed(trial: u64, step: u64, loss: f64) -> Event {
+        Event::Reported {
+            trial: TrialId(trial),
+            report: Report {
+                step,
+                metrics: Metrics::from([("loss".into(), loss)]),
+            },
+            checkpoint: Some(format!("/ck/{trial}/{step}")),
+        }
+    }
+
+    #[test]
+    fn paused_trials_are_resumed_or_stopped_as_the_scheduler_says() {
+        let (mut c, script) = scripted(
+            ControllerConfig {
+                max_trials: Some(3),
+                max_concurrent: 2,
+                ..config()
+            },
+            Script::default(),
+        );
+        c.handle(&Event::Start, T0);
+        c.handle(&checkpointed(1, 1, 0.5), T0);
+        assert_eq!(decision(&c.handle(&checkpointed(1, 2, 0.4), T0)), Some(Decision::Pause));
+        assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Paused));
+        // Its process exits: the slot goes to a new trial, t1 waits to be resumed.
+        assert_eq!(launches(&c.handle(&exit(1, Outcome::Success), T0)), [(3, 0, None)]);
+        script.lock().unwrap().resume = Some(TrialId(1));
+        c.handle(&checkpointed(2, 1, 0.9), T0);
+        c.handle(&checkpointed(2, 2, 0.9), T0); // t2 pauses too
+        assert!(script.lock().unwrap().no_more, "told once all 3 trials exist");
+        let resumed = c.handle(&exit(2, Outcome::Success), T0);
+        assert_eq!(
+            launches(&resumed),
+            [(1, 1, Some(2))],
+            "t1 resumes from its step-2 checkpoint"
+        );
+        script.lock().unwrap().stop = vec![TrialId(2)];
+        c.handle(&Event::Tick, T0);
+        assert_eq!(
+            c.status(TrialId(2)),
+            Some(TrialStatus::Terminated(EndReason::StoppedEarly))
+        );
+    }
+
+    #[test]
+    fn an_exploited_trial_restarts_with_the_new_config_from_the_donor_checkpoint() {
+        let cfg = ControllerConfig {
+            max_trials: Some(2),
+            max_concurrent: 2,
+            checkpoint_keep: Some(1),
+            ..config()
+        };
+        let (mut c, _script) = scripted(
+            cfg,
+            Script {
+                exploit: Some((TrialId(2), TrialId(1))),
+                ..Script::default()
+            },
+        );
+        c.handle(&Event::Start, T0);
+        c.handle(&checkpointed(1, 1, 0.3), T0);
+        c.handle(&checkpointed(2, 1, 0.9), T0);
+        let paused = c.handle(&checkpointed(2, 2, 0.9), T0);
+        assert_eq!(decision(&paused), Some(Decision::Pause));
+        assert!(
+            paused
+                .iter()
+                .any(|c| matches!(c, Command::Persist(Record::TrialConfig { trial, .. }) if *trial == TrialId(2)))
+        );
+        // The donor checkpoints again; its step-1 checkpoint is pinned, so it survives keep = 1.
+        let donor = c.handle(&checkpointed(1, 3, 0.2), T0);
+        assert!(
+            !donor
+                .iter()
+                .any(|c| matches!(c, Command::DeleteCheckpoint { path, .. } if path == "/ck/1/1"))
+        );
+        let relaunch = c.handle(&exit(2, Outcome::Success), T0);
+        let Some(Command::Launch(launch)) = relaunch.iter().find(|c| matches!(c, Command::Launch(_))) else {
+            panic!("{relaunch:?}")
+        };
+        assert_eq!((launch.trial, launch.config.get("x")), (TrialId(2), Some(&json!(100))));
+        assert_eq!(launch.restore.as_ref().map(|r| r.path.as_str()), Some("/ck/1/1"));
+        // Once t2 reports, the pin is gone and the next keep pass may delete it.
+        c.handle(&checkpointed(2, 3, 0.5), T0);
+        let later = c.handle(&checkpointed(1, 4, 0.15), T0);
+        assert!(
+            later
+                .iter()
+                .any(|c| matches!(c, Command::DeleteCheckpoint { path, .. } if path == "/ck/1/1")),
+            "{later:?}"
+        );
     }
 
     #[test]
