@@ -269,3 +269,52 @@ fn ctrl_c_stops_the_sweep_for_now_and_resume_finishes_it() {
         "an interrupted trial was relaunched"
     );
 }
+
+#[test]
+fn a_pausing_scheduler_survives_sigkill_and_resumes() {
+    let sandbox = Sandbox::new();
+    let spec = common::learning_curve_spec(
+        "num_samples = 9\nmax_concurrent = 3",
+        &["--steps", "9", "--sleep", "0.03", "--checkpoint-every", "1"],
+        "",
+    ) + "\n[scheduler]\nkind = \"asha\"\ntype = \"promote\"\nmax_t = 9\ngrace_period = 1\nreduction_factor = 3\n";
+    sandbox.write("spec.toml", &spec);
+    let mut child = spawn(&sandbox, &["run", "spec.toml", "-q"]);
+    std::thread::sleep(Duration::from_millis(1200));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = snapshot(&sandbox);
+
+    let resumed = sandbox.rung(&["resume", "--db", "rung.db", "-q"]);
+    assert!(resumed.status.success(), "{}{}", stdout(&resumed), stderr(&resumed));
+    let after = snapshot(&sandbox);
+    for (key, value) in &before.reports {
+        assert_eq!(
+            after.reports.get(key),
+            Some(value),
+            "report {key:?} committed before the kill"
+        );
+    }
+    let trials = sandbox.trials("rung.db");
+    assert_eq!(trials.len(), 9);
+    for trial in &trials {
+        assert!(trial.status.is_final(), "{trial:?}");
+        // Each trial's steps are 1..=last with no gap, each stored once.
+        let steps: Vec<u64> = after
+            .reports
+            .keys()
+            .filter(|(t, _)| *t == trial.id)
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(steps, (1..=steps.len() as u64).collect::<Vec<_>>(), "{}", trial.id);
+    }
+    // Promotion happened: some trial trained past the first rung after pausing there.
+    assert!(
+        trials
+            .iter()
+            .any(|t| t.launches >= 2 && t.last.as_ref().unwrap().step >= 3),
+        "{trials:?}"
+    );
+    // The top rung is reached by at least one trial, which is then stopped there.
+    assert!(trials.iter().any(|t| t.last.as_ref().unwrap().step == 9));
+}

@@ -121,3 +121,17 @@ fn simulate_refuses_specs_without_a_workload_and_run_refuses_simulated_specs() {
         common::stderr(&bad)
     );
 }
+
+#[test]
+fn every_example_spec_is_valid() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut specs: Vec<_> = std::fs::read_dir(examples.join("simulate"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    specs.push(examples.join("quickstart.toml"));
+    assert!(specs.len() >= 7, "{specs:?}");
+    for path in specs {
+        Spec::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
