@@ -79,6 +79,58 @@ fn replay_reproduces_fifo_exactly() {
 }
 
 #[test]
+fn replay_reproduces_asha_stop_exactly() {
+    replay_matches_the_uninterrupted_run("kind = \"asha\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3\nbrackets = 3", 300);
+}
+
+#[test]
+fn replay_reproduces_asha_promote_exactly() {
+    replay_matches_the_uninterrupted_run("kind = \"asha\"\ntype = \"promote\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3", 200);
+}
+
+#[test]
+fn replay_reproduces_hyperband_exactly() {
+    replay_matches_the_uninterrupted_run("kind = \"hyperband\"\nmax_t = 81\nreduction_factor = 3", 200);
+}
+
+#[test]
+fn replay_reproduces_median_stopping_exactly() {
+    replay_matches_the_uninterrupted_run("kind = \"median\"\ngrace_period = 3\nmin_samples_required = 3", 100);
+}
+
+#[test]
+fn replay_reproduces_pbt_exactly() {
+    replay_matches_the_uninterrupted_run("kind = \"pbt\"\nperturbation_interval = 9", 24);
+}
+
+#[test]
+fn early_stopping_saves_most_of_the_work_and_pbt_exploits() {
+    let sandbox = Sandbox::new();
+    let run = |scheduler: &str, n| {
+        let spec = Spec::from_toml_str(&spec(scheduler, n)).unwrap();
+        let db = sandbox.path(&format!("{}.db", digest(&scheduler)));
+        rung::simulate::simulate(&spec, &db, 8, |_, _| std::ops::ControlFlow::Continue(())).unwrap()
+    };
+    let fifo = run("kind = \"fifo\"", 100);
+    let asha = run("kind = \"asha\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3", 100);
+    assert_eq!(fifo.reports, 100 * 81);
+    assert!(asha.reports * 3 < fifo.reports, "ASHA should stop most trials early: {} vs {}", asha.reports, fifo.reports);
+    assert!(asha.summary.progress.stopped > 50);
+    assert!(asha.virtual_time * 2 < fifo.virtual_time);
+    let pbt = run("kind = \"pbt\"\nperturbation_interval = 9", 16);
+    let store = Store::open(&sandbox.path(&format!("{}.db", digest(&"kind = \"pbt\"\nperturbation_interval = 9")))).unwrap();
+    let info = store.experiment(None).unwrap();
+    let exploited = store
+        .events(info.id)
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e.event, rung::tune_core::controller::Event::Exited { .. }))
+        .count();
+    assert!(exploited > 16, "PBT relaunched exploited trials: {exploited} exits for 16 trials");
+    assert_eq!(pbt.summary.progress.created, 16);
+}
+
+#[test]
 fn the_same_spec_and_seed_give_byte_identical_exports() {
     let sandbox = Sandbox::new();
     sandbox.write("sim.toml", &spec("kind = \"fifo\"", 30));
