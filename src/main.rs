@@ -10,10 +10,11 @@ use rung::tuner::{best_trial, trials_root};
 use rung::{Error, Spec, SweepResult, SweepStatus, Tuner};
 use serde_json::{Value, json};
 
-/// rung — hyperparameter tuning: sample configurations from a search space, run trials, and
+/// rung — hyperparameter tuning: sample configurations from a search space, run trials, stop
+/// the weak ones early, and
 /// keep every trial, report and checkpoint in a SQLite store so a killed sweep resumes exactly.
 ///
-/// Searchers: random, grid. Schedulers: fifo (early-stopping schedulers are on the roadmap).
+/// Searchers: random, grid. Schedulers: fifo, asha (stop or promote), hyperband, median, pbt.
 ///
 /// Exit codes: 0 success, 1 failure (including a sweep whose trials all errored), 2 bad input,
 /// 130 interrupted (resume with `rung resume`).
