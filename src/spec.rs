@@ -417,7 +417,9 @@ stop_grace_s = 10
     fn unknown_searcher_or_scheduler_is_named() {
         let error = Spec::from_toml_str(&QUICK.replace("kind = \"fifo\"", "kind = \"hyperbandit\"")).unwrap_err();
         assert!(
-            error.contains("unknown variant `hyperbandit`, expected one of `fifo`, `asha`, `hyperband`, `median`, `pbt`"),
+            error.contains(
+                "unknown variant `hyperbandit`, expected one of `fifo`, `asha`, `hyperband`, `median`, `pbt`"
+            ),
             "{error}"
         );
         let error = Spec::from_toml_str(&QUICK.replace("kind = \"random\"", "kind = \"bayes\"")).unwrap_err();

@@ -449,3 +449,30 @@ fn a_time_budget_ends_an_unbounded_sweep_and_stops_running_trials() {
     // Stopped with SIGTERM well before their 50 s of work.
     assert!(start.elapsed().as_secs() < 30);
 }
+
+#[test]
+fn a_pausing_scheduler_with_trials_that_never_checkpoint_warns_and_stops_them() {
+    let sandbox = Sandbox::new();
+    let spec = learning_curve_spec(
+        "num_samples = 4\nmax_concurrent = 2",
+        &["--steps", "9", "--sleep", "0", "--checkpoint-every", "0"],
+        "",
+    ) + "\n[scheduler]\nkind = \"asha\"\ntype = \"promote\"\nmax_t = 9\ngrace_period = 1\nreduction_factor = 3\n";
+    sandbox.write("spec.toml", &spec);
+    let run = sandbox.rung(&["run", "spec.toml", "-q"]);
+    assert!(run.status.success(), "{}{}", stdout(&run), stderr(&run));
+    let warning = "a trial asked to pause had no checkpoint: it was stopped instead";
+    assert_eq!(
+        stderr(&run).matches(warning).count(),
+        1,
+        "warned once: {}",
+        stderr(&run)
+    );
+    let trials = sandbox.trials("rung.db");
+    assert_eq!(trials.len(), 4);
+    assert!(
+        trials.iter().all(|t| t.status.is_final()),
+        "no trial is left paused: {trials:?}"
+    );
+    assert!(trials.iter().all(|t| t.status.label() != "paused"));
+}

@@ -80,12 +80,18 @@ fn replay_reproduces_fifo_exactly() {
 
 #[test]
 fn replay_reproduces_asha_stop_exactly() {
-    replay_matches_the_uninterrupted_run("kind = \"asha\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3\nbrackets = 3", 300);
+    replay_matches_the_uninterrupted_run(
+        "kind = \"asha\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3\nbrackets = 3",
+        300,
+    );
 }
 
 #[test]
 fn replay_reproduces_asha_promote_exactly() {
-    replay_matches_the_uninterrupted_run("kind = \"asha\"\ntype = \"promote\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3", 200);
+    replay_matches_the_uninterrupted_run(
+        "kind = \"asha\"\ntype = \"promote\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3",
+        200,
+    );
 }
 
 #[test]
@@ -112,13 +118,22 @@ fn early_stopping_saves_most_of_the_work_and_pbt_exploits() {
         rung::simulate::simulate(&spec, &db, 8, |_, _| std::ops::ControlFlow::Continue(())).unwrap()
     };
     let fifo = run("kind = \"fifo\"", 100);
-    let asha = run("kind = \"asha\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3", 100);
+    let asha = run(
+        "kind = \"asha\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3",
+        100,
+    );
     assert_eq!(fifo.reports, 100 * 81);
-    assert!(asha.reports * 3 < fifo.reports, "ASHA should stop most trials early: {} vs {}", asha.reports, fifo.reports);
+    assert!(
+        asha.reports * 3 < fifo.reports,
+        "ASHA should stop most trials early: {} vs {}",
+        asha.reports,
+        fifo.reports
+    );
     assert!(asha.summary.progress.stopped > 50);
     assert!(asha.virtual_time * 2 < fifo.virtual_time);
     let pbt = run("kind = \"pbt\"\nperturbation_interval = 9", 16);
-    let store = Store::open(&sandbox.path(&format!("{}.db", digest(&"kind = \"pbt\"\nperturbation_interval = 9")))).unwrap();
+    let store =
+        Store::open(&sandbox.path(&format!("{}.db", digest(&"kind = \"pbt\"\nperturbation_interval = 9")))).unwrap();
     let info = store.experiment(None).unwrap();
     let exploited = store
         .events(info.id)
@@ -126,7 +141,10 @@ fn early_stopping_saves_most_of_the_work_and_pbt_exploits() {
         .iter()
         .filter(|e| matches!(e.event, rung::tune_core::controller::Event::Exited { .. }))
         .count();
-    assert!(exploited > 16, "PBT relaunched exploited trials: {exploited} exits for 16 trials");
+    assert!(
+        exploited > 16,
+        "PBT relaunched exploited trials: {exploited} exits for 16 trials"
+    );
     assert_eq!(pbt.summary.progress.created, 16);
 }
 

@@ -310,7 +310,6 @@ impl Driver {
                 warned_no_checkpoint = true;
                 let message = "the scheduler pauses trials, but a trial asked to pause had no checkpoint: \
                                it was stopped instead (trials must report \"checkpoint\": true to be paused and resumed)";
-                tracing::warn!("{message}");
                 eprintln!("warning: {message}");
             }
             observer(controller.progress());
