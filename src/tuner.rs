@@ -449,7 +449,7 @@ impl Tuner {
 pub fn controller_for(spec: &Spec, seed: u64) -> Result<Controller> {
     Ok(Controller::new(
         spec.controller_config()?,
-        spec.searcher.build(&spec.space, seed)?,
+        spec.searcher.build(&spec.space, &spec.metric, spec.mode, seed)?,
         spec.scheduler.build(spec.mode, seed, &spec.space)?,
     ))
 }

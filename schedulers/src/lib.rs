@@ -23,12 +23,12 @@ use tune_core::trial::{Decision, Mode, TrialId};
 use tune_core::{Error, Result};
 
 /// The schedulers, by name, with their settings: what `[scheduler]` in a spec file holds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SchedulerConfig {
-    /// First in, first out: no early stopping.
-    #[default]
-    Fifo,
+    /// First in, first out: no early stopping. (Empty braces, not a unit variant, so that
+    /// unknown keys beside `kind` are rejected.)
+    Fifo {},
     /// Asynchronous successive halving.
     Asha(AshaConfig),
     /// Synchronous Hyperband.
@@ -130,6 +130,12 @@ pub struct PbtConfig {
     pub mutate: Option<Vec<String>>,
 }
 
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig::Fifo {}
+    }
+}
+
 fn default_time_attr() -> String {
     "step".into()
 }
@@ -176,7 +182,7 @@ impl SchedulerConfig {
     /// The name used in spec files.
     pub fn kind(&self) -> &'static str {
         match self {
-            SchedulerConfig::Fifo => "fifo",
+            SchedulerConfig::Fifo {} => "fifo",
             SchedulerConfig::Asha(_) => "asha",
             SchedulerConfig::Hyperband(_) => "hyperband",
             SchedulerConfig::Median(_) => "median",
@@ -187,7 +193,7 @@ impl SchedulerConfig {
     /// Checks the settings, naming the one that cannot work.
     pub fn validate(&self, space: &Space) -> Result<()> {
         match self {
-            SchedulerConfig::Fifo => Ok(()),
+            SchedulerConfig::Fifo {} => Ok(()),
             SchedulerConfig::Asha(c) => {
                 positive("scheduler.max_t", c.max_t)?;
                 positive("scheduler.grace_period", c.grace_period)?;
@@ -271,7 +277,7 @@ impl SchedulerConfig {
     pub fn build(&self, mode: Mode, seed: u64, space: &Space) -> Result<Box<dyn Scheduler>> {
         self.validate(space)?;
         Ok(match self {
-            SchedulerConfig::Fifo => Box::new(Fifo),
+            SchedulerConfig::Fifo {} => Box::new(Fifo),
             SchedulerConfig::Asha(c) => Box::new(asha::Asha::new(c, mode, seed)),
             SchedulerConfig::Hyperband(c) => Box::new(hyperband::Hyperband::new(c, mode)),
             SchedulerConfig::Median(c) => Box::new(median::MedianStopping::new(c, mode)),
@@ -313,7 +319,7 @@ mod tests {
 
     #[test]
     fn fifo_always_continues_and_configs_parse() {
-        let mut fifo = SchedulerConfig::Fifo.build(Mode::Min, 0, &Space::new()).unwrap();
+        let mut fifo = SchedulerConfig::Fifo {}.build(Mode::Min, 0, &Space::new()).unwrap();
         let report = Report {
             step: 1,
             metrics: [("loss".to_owned(), f64::NAN)].into(),
@@ -325,7 +331,7 @@ mod tests {
             has_checkpoint: false,
         };
         assert_eq!(fifo.on_result(TrialId(1), &result), Decision::Continue);
-        assert_eq!(parse(r#"{"kind": "fifo"}"#).unwrap(), SchedulerConfig::Fifo);
+        assert_eq!(parse(r#"{"kind": "fifo"}"#).unwrap(), SchedulerConfig::Fifo {});
         let asha =
             parse(r#"{"kind": "asha", "type": "promote", "max_t": 81, "grace_period": 1, "reduction_factor": 3}"#)
                 .unwrap();
@@ -337,6 +343,11 @@ mod tests {
         );
         assert!(
             parse(r#"{"kind": "asha", "grace": 3}"#)
+                .unwrap_err()
+                .contains("unknown field `grace`")
+        );
+        assert!(
+            parse(r#"{"kind": "fifo", "grace": 3}"#)
                 .unwrap_err()
                 .contains("unknown field `grace`")
         );
