@@ -291,6 +291,17 @@ impl Spec {
                 ),
             );
         }
+        if matches!(self.searcher, SearcherConfig::Bohb(_))
+            && !matches!(self.scheduler, SchedulerConfig::Hyperband(_) | SchedulerConfig::Asha(_))
+        {
+            return bad(
+                "searcher.kind",
+                format!(
+                    "\"bohb\" needs a scheduler that chooses the budgets: [scheduler] kind = \"hyperband\" or \"asha\", got \"{}\"",
+                    self.scheduler.kind()
+                ),
+            );
+        }
         self.searcher.validate(&self.space)?;
         self.scheduler.validate(&self.space)?;
         Ok(())
@@ -482,6 +493,17 @@ stop_grace_s = 10
             check("kind = \"random\"", "kind = \"grid\""),
             "parameter \"lr\": grid search cannot enumerate a loguniform domain: it is continuous and has no grid values; use grid = [...] or random search"
         );
+    }
+
+    #[test]
+    fn bohb_needs_a_scheduler_that_chooses_budgets() {
+        let spec = QUICK.replace("kind = \"random\"", "kind = \"bohb\"");
+        assert_eq!(
+            Spec::from_toml_str(&spec).unwrap().validate().unwrap_err().to_string(),
+            "setting \"searcher.kind\": \"bohb\" needs a scheduler that chooses the budgets: [scheduler] kind = \"hyperband\" or \"asha\", got \"fifo\""
+        );
+        let with_hyperband = spec.replace("kind = \"fifo\"", "kind = \"hyperband\"\nmax_t = 81");
+        Spec::from_toml_str(&with_hyperband).unwrap().validate().unwrap();
     }
 
     #[test]

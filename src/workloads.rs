@@ -71,9 +71,149 @@ pub fn splitmix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A single-fidelity test function of `shared/workloads/README.md`: its space, the function of
+/// a config, and its known minimum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synthetic {
+    /// Branin on x1 ∈ [−5, 10], x2 ∈ [0, 15].
+    Branin,
+    /// Hartmann6 on [0, 1]^6.
+    Hartmann6,
+    /// Rosenbrock in 4 dimensions on [−2.048, 2.048]^4.
+    Rosenbrock4,
+    /// Branin with a categorical `shift` and an integer `n`.
+    MixedBranin,
+}
+
+impl Synthetic {
+    /// Every function, in the order the README reports them.
+    pub const ALL: [Synthetic; 4] = [
+        Synthetic::Branin,
+        Synthetic::Hartmann6,
+        Synthetic::Rosenbrock4,
+        Synthetic::MixedBranin,
+    ];
+
+    /// A short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Synthetic::Branin => "branin",
+            Synthetic::Hartmann6 => "hartmann6",
+            Synthetic::Rosenbrock4 => "rosenbrock4",
+            Synthetic::MixedBranin => "mixed-branin",
+        }
+    }
+
+    /// The search space.
+    pub fn space(self) -> Space {
+        let json = match self {
+            Synthetic::Branin => serde_json::json!({"x1": {"uniform": [-5.0, 10.0]}, "x2": {"uniform": [0.0, 15.0]}}),
+            Synthetic::Hartmann6 => serde_json::json!({
+                "x1": {"uniform": [0.0, 1.0]}, "x2": {"uniform": [0.0, 1.0]}, "x3": {"uniform": [0.0, 1.0]},
+                "x4": {"uniform": [0.0, 1.0]}, "x5": {"uniform": [0.0, 1.0]}, "x6": {"uniform": [0.0, 1.0]}
+            }),
+            Synthetic::Rosenbrock4 => serde_json::json!({
+                "x1": {"uniform": [-2.048, 2.048]}, "x2": {"uniform": [-2.048, 2.048]},
+                "x3": {"uniform": [-2.048, 2.048]}, "x4": {"uniform": [-2.048, 2.048]}
+            }),
+            Synthetic::MixedBranin => serde_json::json!({
+                "x1": {"uniform": [-5.0, 10.0]}, "x2": {"uniform": [0.0, 15.0]},
+                "shift": {"choice": ["none", "left", "right"]}, "n": {"randint": [1, 5]}
+            }),
+        };
+        Space::from_json(&json).expect("a valid space")
+    }
+
+    /// The known minimum.
+    pub fn minimum(self) -> f64 {
+        match self {
+            Synthetic::Branin | Synthetic::MixedBranin => 0.397887,
+            Synthetic::Hartmann6 => -3.32237,
+            Synthetic::Rosenbrock4 => 0.0,
+        }
+    }
+
+    /// The function at `config` (NaN when a parameter is missing).
+    pub fn value(self, config: &Config) -> f64 {
+        let x = |name: &str| config.get(name).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        match self {
+            Synthetic::Branin => branin(x("x1"), x("x2")),
+            Synthetic::Hartmann6 => hartmann6(&[x("x1"), x("x2"), x("x3"), x("x4"), x("x5"), x("x6")]),
+            Synthetic::Rosenbrock4 => {
+                let v = [x("x1"), x("x2"), x("x3"), x("x4")];
+                v.windows(2)
+                    .map(|w| 100.0 * (w[1] - w[0] * w[0]).powi(2) + (1.0 - w[0]).powi(2))
+                    .sum()
+            }
+            Synthetic::MixedBranin => {
+                let shift = match config.get("shift").and_then(|v| v.as_str()) {
+                    Some("none") => 0.0,
+                    Some("left") => 2.0,
+                    Some("right") => 5.0,
+                    _ => f64::NAN,
+                };
+                branin(x("x1"), x("x2")) + shift + 0.1 * (x("n") - 1.0)
+            }
+        }
+    }
+}
+
+/// The Branin function.
+pub fn branin(x1: f64, x2: f64) -> f64 {
+    let pi = std::f64::consts::PI;
+    let (b, c, t) = (5.1 / (4.0 * pi * pi), 5.0 / pi, 1.0 / (8.0 * pi));
+    (x2 - b * x1 * x1 + c * x1 - 6.0).powi(2) + 10.0 * (1.0 - t) * x1.cos() + 10.0
+}
+
+/// The Hartmann6 function.
+pub fn hartmann6(x: &[f64; 6]) -> f64 {
+    const ALPHA: [f64; 4] = [1.0, 1.2, 3.0, 3.2];
+    const A: [[f64; 6]; 4] = [
+        [10.0, 3.0, 17.0, 3.5, 1.7, 8.0],
+        [0.05, 10.0, 17.0, 0.1, 8.0, 14.0],
+        [3.0, 3.5, 1.7, 10.0, 17.0, 8.0],
+        [17.0, 8.0, 0.05, 10.0, 0.1, 14.0],
+    ];
+    const P: [[f64; 6]; 4] = [
+        [1312.0, 1696.0, 5569.0, 124.0, 8283.0, 5886.0],
+        [2329.0, 4135.0, 8307.0, 3736.0, 1004.0, 9991.0],
+        [2348.0, 1451.0, 3522.0, 2883.0, 3047.0, 6650.0],
+        [4047.0, 8828.0, 8732.0, 5743.0, 1091.0, 381.0],
+    ];
+    -(0..4)
+        .map(|i| ALPHA[i] * (-(0..6).map(|j| A[i][j] * (x[j] - P[i][j] * 1e-4).powi(2)).sum::<f64>()).exp())
+        .sum::<f64>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn synthetic_functions_have_their_documented_minima() {
+        let pi = std::f64::consts::PI;
+        for (x1, x2) in [(-pi, 12.275), (pi, 2.275), (9.42478, 2.475)] {
+            assert!((branin(x1, x2) - 0.397887).abs() < 1e-5);
+        }
+        let h = hartmann6(&[0.20169, 0.150011, 0.476874, 0.275332, 0.311652, 0.6573]);
+        assert!((h - -3.32237).abs() < 1e-4, "{h}");
+        let config = |json| serde_json::from_value::<Config>(json).unwrap();
+        let ones = config(serde_json::json!({"x1": 1.0, "x2": 1.0, "x3": 1.0, "x4": 1.0}));
+        assert_eq!(Synthetic::Rosenbrock4.value(&ones), 0.0);
+        let mixed = config(serde_json::json!({"x1": pi, "x2": 2.275, "shift": "right", "n": 3}));
+        assert!((Synthetic::MixedBranin.value(&mixed) - (0.397887 + 5.0 + 0.2)).abs() < 1e-5);
+        for function in Synthetic::ALL {
+            let mut rng = crate::tune_core::rng::stream(1, "test");
+            for _ in 0..100 {
+                let value = function.value(&function.space().sample(&mut rng, &Default::default()));
+                assert!(
+                    value >= function.minimum() - 1e-5,
+                    "{} below its minimum: {value}",
+                    function.name()
+                );
+            }
+        }
+    }
 
     #[test]
     fn matches_the_python_trial_of_the_quickstart() {

@@ -13,6 +13,10 @@ use rung::tune_core::store::Store;
 use rung::tuner::controller_for;
 
 fn spec(scheduler: &str, num_samples: u64) -> String {
+    spec_with("kind = \"random\"", scheduler, num_samples)
+}
+
+fn spec_with(searcher: &str, scheduler: &str, num_samples: u64) -> String {
     format!(
         r#"name = "sim"
 metric = "loss"
@@ -25,6 +29,9 @@ lr = {{ loguniform = [1e-5, 1e-1] }}
 batch = {{ choice = [16, 32, 64, 128, 256] }}
 layers = {{ randint = [1, 8] }}
 dropout = {{ uniform = [0.0, 0.5] }}
+
+[searcher]
+{searcher}
 
 [scheduler]
 {scheduler}
@@ -44,8 +51,12 @@ fn digest(value: &impl std::fmt::Debug) -> u64 {
 /// Simulates `scheduler`, then replays the stored log through a fresh controller (as a resume
 /// does) and checks that it makes exactly the same commands for every event.
 fn replay_matches_the_uninterrupted_run(scheduler: &str, num_samples: u64) {
+    replay_matches("kind = \"random\"", scheduler, num_samples);
+}
+
+fn replay_matches(searcher: &str, scheduler: &str, num_samples: u64) {
     let sandbox = Sandbox::new();
-    let spec = Spec::from_toml_str(&spec(scheduler, num_samples)).unwrap();
+    let spec = Spec::from_toml_str(&spec_with(searcher, scheduler, num_samples)).unwrap();
     let mut original = Vec::new();
     let simulation = rung::simulate::simulate(&spec, &sandbox.path("sim.db"), 8, |_, commands| {
         original.push(digest(&commands));
@@ -107,6 +118,19 @@ fn replay_reproduces_median_stopping_exactly() {
 #[test]
 fn replay_reproduces_pbt_exactly() {
     replay_matches_the_uninterrupted_run("kind = \"pbt\"\nperturbation_interval = 9", 24);
+}
+
+#[test]
+fn replay_reproduces_model_based_searchers_exactly() {
+    let asha = "kind = \"asha\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3";
+    replay_matches("kind = \"tpe\"\nconstant_liar = true", asha, 60);
+    replay_matches("kind = \"gp\"", asha, 30);
+    replay_matches("kind = \"sobol\"", asha, 30);
+    replay_matches(
+        "kind = \"bohb\"",
+        "kind = \"hyperband\"\nmax_t = 81\nreduction_factor = 3",
+        60,
+    );
 }
 
 #[test]

@@ -7,50 +7,328 @@
 //!   plain values, integer ranges, fixed values), repeated `num_samples` times; a space with a
 //!   continuous parameter is rejected, naming it.
 //!
-//! [`SearcherConfig`] names them in spec files (`[searcher] kind = "random"`).
+//! - [`sobol::SobolSearch`] — scrambled Sobol quasi-random points mapped through each domain.
+//! - [`tpe::Tpe`] — the Tree-structured Parzen Estimator.
+//! - [`gp::GpSearch`] — Bayesian optimisation with a Gaussian process and expected improvement.
+//! - [`bohb::Bohb`] — model-based Hyperband: a TPE-style density model over the largest budget
+//!   with enough results, with Hyperband or ASHA choosing the budgets.
+//!
+//! [`SearcherConfig`] names them in spec files (`[searcher] kind = "tpe"`). [`AskTell`] drives
+//! any of them without a controller.
 
+pub mod ask_tell;
+pub mod bohb;
+pub mod gp;
 mod grid;
 mod random;
+pub mod sobol;
+pub mod tpe;
+pub mod unit;
+
+pub use ask_tell::AskTell;
 
 use serde::{Deserialize, Serialize};
-use tune_core::Result;
 use tune_core::searcher::Searcher;
 use tune_core::space::Space;
+use tune_core::trial::Mode;
+use tune_core::{Error, Result};
 
 pub use grid::GridSearch;
 pub use random::RandomSearch;
 
 /// The searchers, by name, with their settings: what `[searcher]` in a spec file holds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SearcherConfig {
-    /// Random search (grid parameters enumerated).
-    #[default]
-    Random,
+    /// Random search (grid parameters enumerated). (Empty braces, not a unit variant, so that
+    /// unknown keys beside `kind` are rejected.)
+    Random {},
     /// Exhaustive grid search.
-    Grid,
+    Grid {},
+    /// Scrambled Sobol quasi-random search.
+    Sobol(SobolConfig),
+    /// Tree-structured Parzen Estimator.
+    Tpe(TpeConfig),
+    /// Gaussian-process Bayesian optimisation.
+    Gp(GpConfig),
+    /// Model-based Hyperband.
+    Bohb(BohbConfig),
+}
+
+/// `[searcher] kind = "sobol"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SobolConfig {
+    /// Owen-scramble the sequence with the experiment seed (unscrambled Sobol starts at the
+    /// cube's corner and centre, which is rarely what a search wants).
+    #[serde(default = "default_true")]
+    pub scramble: bool,
+}
+
+/// `[searcher] kind = "tpe"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpeConfig {
+    /// Random configurations before the model is used.
+    #[serde(default = "default_startup")]
+    pub n_startup_trials: i64,
+    /// Candidates drawn from the good model per suggestion.
+    #[serde(default = "default_ei_candidates")]
+    pub n_ei_candidates: i64,
+    /// Fixed fraction of results counted as good; the default is γ(n) = min(⌈0.1·n⌉, 25)/n.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamma: Option<f64>,
+    /// Joint (multivariate) kernels instead of one density per parameter.
+    #[serde(default)]
+    pub multivariate: bool,
+    /// Count running trials as bad results, so parallel workers spread out.
+    #[serde(default)]
+    pub constant_liar: bool,
+    /// Weight of the prior component of each Parzen estimator.
+    #[serde(default = "default_prior_weight")]
+    pub prior_weight: f64,
+}
+
+/// `[searcher] kind = "gp"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpConfig {
+    /// Quasi-random configurations before the model is used.
+    #[serde(default = "default_startup")]
+    pub n_startup_trials: i64,
+    /// Restarts of the kernel-hyperparameter fit (L-BFGS).
+    #[serde(default = "default_restarts")]
+    pub restarts: i64,
+    /// Starting points of the acquisition optimisation.
+    #[serde(default = "default_acquisition_starts")]
+    pub acquisition_starts: i64,
+}
+
+/// `[searcher] kind = "bohb"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BohbConfig {
+    /// Results a budget needs before its model is used (default: dimensions + 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_points_in_model: Option<i64>,
+    /// Percentage of results counted as good.
+    #[serde(default = "default_top_n_percent")]
+    pub top_n_percent: f64,
+    /// Fraction of configurations drawn at random regardless of the model.
+    #[serde(default = "default_random_fraction")]
+    pub random_fraction: f64,
+    /// Widening of the good model's bandwidths when sampling candidates.
+    #[serde(default = "default_bandwidth_factor")]
+    pub bandwidth_factor: f64,
+    /// Candidates drawn per suggestion.
+    #[serde(default = "default_bohb_samples")]
+    pub num_samples: i64,
+}
+
+impl Default for SearcherConfig {
+    fn default() -> Self {
+        SearcherConfig::Random {}
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_startup() -> i64 {
+    10
+}
+fn default_ei_candidates() -> i64 {
+    24
+}
+fn default_prior_weight() -> f64 {
+    1.0
+}
+fn default_restarts() -> i64 {
+    5
+}
+fn default_acquisition_starts() -> i64 {
+    16
+}
+fn default_top_n_percent() -> f64 {
+    15.0
+}
+fn default_random_fraction() -> f64 {
+    1.0 / 3.0
+}
+fn default_bandwidth_factor() -> f64 {
+    3.0
+}
+fn default_bohb_samples() -> i64 {
+    64
+}
+
+fn at_least(setting: &str, value: i64, least: i64) -> Result<()> {
+    if value >= least {
+        Ok(())
+    } else {
+        Err(Error::setting(
+            setting,
+            format!("must be at least {least}, got {value}"),
+        ))
+    }
 }
 
 impl SearcherConfig {
-    /// How many trials one pass over the space makes: the grid size (1 without grid parameters)
-    /// for random search, the number of grid points for grid search.
-    pub fn trials_per_sample(&self, space: &Space) -> Result<u64> {
+    /// The name used in spec files.
+    pub fn kind(&self) -> &'static str {
         match self {
-            SearcherConfig::Random => Ok(space.grid_size()),
-            SearcherConfig::Grid => Ok(GridSearch::new(space, 0)?.points()),
+            SearcherConfig::Random {} => "random",
+            SearcherConfig::Grid {} => "grid",
+            SearcherConfig::Sobol(_) => "sobol",
+            SearcherConfig::Tpe(_) => "tpe",
+            SearcherConfig::Gp(_) => "gp",
+            SearcherConfig::Bohb(_) => "bohb",
         }
     }
 
-    /// Checks that the searcher can handle `space`, naming the parameter that it cannot.
+    /// How many trials one pass over the space makes: the grid size (1 without grid parameters)
+    /// for random search, the number of grid points for grid search, 1 for the others.
+    pub fn trials_per_sample(&self, space: &Space) -> Result<u64> {
+        match self {
+            SearcherConfig::Random {} => Ok(space.grid_size()),
+            SearcherConfig::Grid {} => Ok(GridSearch::new(space, 0)?.points()),
+            _ => Ok(1),
+        }
+    }
+
+    /// Checks the settings and that the searcher can handle `space`, naming the setting or the
+    /// parameter that it cannot.
     pub fn validate(&self, space: &Space) -> Result<()> {
+        match self {
+            SearcherConfig::Random {} | SearcherConfig::Grid {} => {}
+            SearcherConfig::Sobol(_) => {}
+            SearcherConfig::Tpe(c) => {
+                at_least("searcher.n_startup_trials", c.n_startup_trials, 0)?;
+                at_least("searcher.n_ei_candidates", c.n_ei_candidates, 1)?;
+                if let Some(gamma) = c.gamma
+                    && !(gamma > 0.0 && gamma <= 1.0)
+                {
+                    return Err(Error::setting(
+                        "searcher.gamma",
+                        format!("must be in (0, 1], got {gamma}"),
+                    ));
+                }
+                if !(c.prior_weight.is_finite() && c.prior_weight > 0.0) {
+                    return Err(Error::setting(
+                        "searcher.prior_weight",
+                        format!("must be positive, got {}", c.prior_weight),
+                    ));
+                }
+            }
+            SearcherConfig::Gp(c) => {
+                at_least("searcher.n_startup_trials", c.n_startup_trials, 1)?;
+                at_least("searcher.restarts", c.restarts, 1)?;
+                at_least("searcher.acquisition_starts", c.acquisition_starts, 1)?;
+            }
+            SearcherConfig::Bohb(c) => {
+                if let Some(points) = c.min_points_in_model {
+                    at_least("searcher.min_points_in_model", points, 1)?;
+                }
+                if !(c.top_n_percent > 0.0 && c.top_n_percent < 100.0) {
+                    return Err(Error::setting(
+                        "searcher.top_n_percent",
+                        format!("must be in (0, 100), got {}", c.top_n_percent),
+                    ));
+                }
+                if !(0.0..=1.0).contains(&c.random_fraction) {
+                    return Err(Error::setting(
+                        "searcher.random_fraction",
+                        format!("must be in [0, 1], got {}", c.random_fraction),
+                    ));
+                }
+                if !(c.bandwidth_factor.is_finite() && c.bandwidth_factor > 0.0) {
+                    return Err(Error::setting(
+                        "searcher.bandwidth_factor",
+                        format!("must be positive, got {}", c.bandwidth_factor),
+                    ));
+                }
+                at_least("searcher.num_samples", c.num_samples, 1)?;
+            }
+        }
+        if !matches!(self, SearcherConfig::Random {} | SearcherConfig::Grid {}) && !space.grid_axes().is_empty() {
+            let axis = &space.grid_axes()[0];
+            return Err(Error::param(
+                &axis.name,
+                format!(
+                    "the {} searcher proposes every value itself: use choice instead of grid",
+                    self.kind()
+                ),
+            ));
+        }
         self.trials_per_sample(space).map(|_| ())
     }
 
-    /// A fresh searcher for `space`, its randomness drawn from the experiment `seed`.
-    pub fn build(&self, space: &Space, seed: u64) -> Result<Box<dyn Searcher>> {
+    /// A fresh searcher for `space`, optimising `metric` in `mode`, its randomness drawn from the
+    /// experiment `seed`.
+    pub fn build(&self, space: &Space, metric: &str, mode: Mode, seed: u64) -> Result<Box<dyn Searcher>> {
+        self.validate(space)?;
         Ok(match self {
-            SearcherConfig::Random => Box::new(RandomSearch::new(space.clone(), seed)),
-            SearcherConfig::Grid => Box::new(GridSearch::new(space, seed)?),
+            SearcherConfig::Random {} => Box::new(RandomSearch::new(space.clone(), seed)),
+            SearcherConfig::Grid {} => Box::new(GridSearch::new(space, seed)?),
+            SearcherConfig::Sobol(c) => Box::new(sobol::SobolSearch::new(c, space, seed)),
+            SearcherConfig::Tpe(c) => Box::new(tpe::Tpe::new(c, space, metric, mode, seed)),
+            SearcherConfig::Gp(c) => Box::new(gp::GpSearch::new(c, space, metric, mode, seed)),
+            SearcherConfig::Bohb(c) => Box::new(bohb::Bohb::new(c, space, metric, mode, seed)),
         })
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    fn parse(text: &str) -> std::result::Result<SearcherConfig, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_for_every_kind() {
+        assert!(
+            parse(r#"{"kind": "random", "n": 1}"#)
+                .unwrap_err()
+                .contains("unknown field `n`")
+        );
+        assert!(
+            parse(r#"{"kind": "tpe", "n_startup": 1}"#)
+                .unwrap_err()
+                .contains("unknown field `n_startup`")
+        );
+        assert_eq!(parse(r#"{"kind": "tpe"}"#).unwrap().kind(), "tpe");
+    }
+
+    #[test]
+    fn settings_out_of_range_are_named() {
+        let space = Space::new();
+        let check = |text: &str| parse(text).unwrap().validate(&space).unwrap_err().to_string();
+        assert_eq!(
+            check(r#"{"kind": "tpe", "gamma": 0}"#),
+            "setting \"searcher.gamma\": must be in (0, 1], got 0"
+        );
+        assert_eq!(
+            check(r#"{"kind": "tpe", "n_ei_candidates": 0}"#),
+            "setting \"searcher.n_ei_candidates\": must be at least 1, got 0"
+        );
+        assert_eq!(
+            check(r#"{"kind": "tpe", "n_startup_trials": -3}"#),
+            "setting \"searcher.n_startup_trials\": must be at least 0, got -3"
+        );
+        assert_eq!(
+            check(r#"{"kind": "bohb", "top_n_percent": 100}"#),
+            "setting \"searcher.top_n_percent\": must be in (0, 100), got 100"
+        );
+        let grid = Space::from_json(&serde_json::json!({"a": {"grid": [1, 2]}})).unwrap();
+        assert_eq!(
+            parse(r#"{"kind": "tpe"}"#)
+                .unwrap()
+                .validate(&grid)
+                .unwrap_err()
+                .to_string(),
+            "parameter \"a\": the tpe searcher proposes every value itself: use choice instead of grid"
+        );
     }
 }
