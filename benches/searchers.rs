@@ -84,8 +84,16 @@ fn searchers(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     let sobol: SearcherConfig = serde_json::from_str(r#"{"kind": "sobol"}"#).unwrap();
     let mut search = AskTell::new(&sobol, &space, Mode::Min, 1).unwrap();
-    group.bench_function("sobol point, 10 parameters", |b| {
+    group.bench_function("sobol config, 10 parameters (through AskTell)", |b| {
         b.iter(|| search.ask().unwrap().unwrap())
+    });
+    let sequence = rung::tune_search::sobol::SobolSequence::scrambled(1);
+    let mut index = 0u64;
+    group.bench_function("sobol point, 10 dimensions (unit cube)", |b| {
+        b.iter(|| {
+            index += 1;
+            sequence.point(index, 10)
+        })
     });
     group.finish();
 }
