@@ -580,17 +580,7 @@ impl Controller {
                     .is_none_or(|(newest, _)| newest.step < report.step)
             {
                 let value = report.metrics.get(&self.config.metric).copied();
-                let checkpoint = CheckpointRef {
-                    step: report.step,
-                    path: path.to_owned(),
-                };
-                state.checkpoints.push((checkpoint.clone(), value));
-                commands.push(Command::Persist(Record::Checkpoint {
-                    trial,
-                    checkpoint,
-                    value,
-                }));
-                self.apply_keep_policy(trial, commands);
+                self.record_checkpoint(trial, report.step, path, value, commands);
             }
             commands.push(respond(Decision::Continue));
             return;
@@ -617,17 +607,7 @@ impl Controller {
             report: report.clone(),
         }));
         if let Some(path) = checkpoint {
-            let checkpoint = CheckpointRef {
-                step: report.step,
-                path: path.to_owned(),
-            };
-            state.checkpoints.push((checkpoint.clone(), value));
-            commands.push(Command::Persist(Record::Checkpoint {
-                trial,
-                checkpoint,
-                value,
-            }));
-            self.apply_keep_policy(trial, commands);
+            self.record_checkpoint(trial, report.step, path, value, commands);
         }
         if let Some(value) = value
             && self
@@ -696,6 +676,31 @@ impl Controller {
             }
         }
         commands.push(respond(decision));
+    }
+
+    /// Records a checkpoint of `trial` taken at `step` and applies the keep policy.
+    fn record_checkpoint(
+        &mut self,
+        trial: TrialId,
+        step: u64,
+        path: &str,
+        value: Option<f64>,
+        commands: &mut Vec<Command>,
+    ) {
+        let checkpoint = CheckpointRef {
+            step,
+            path: path.to_owned(),
+        };
+        self.state_mut(trial)
+            .expect("known trial")
+            .checkpoints
+            .push((checkpoint.clone(), value));
+        commands.push(Command::Persist(Record::Checkpoint {
+            trial,
+            checkpoint,
+            value,
+        }));
+        self.apply_keep_policy(trial, commands);
     }
 
     fn apply_keep_policy(&mut self, trial: TrialId, commands: &mut Vec<Command>) {

@@ -16,6 +16,8 @@ pub mod searcher;
 pub mod space;
 pub mod store;
 mod sys;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod trial;
 pub mod value;
 

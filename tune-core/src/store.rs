@@ -17,7 +17,6 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use crate::controller::{Event, Record};
 use crate::error::{Error, Result};
 use crate::trial::{Report, TrialId, TrialStatus, metrics_serde};
-use crate::value::Config;
 
 /// `PRAGMA application_id` of rung stores ("RUNG").
 pub const APPLICATION_ID: i32 = 0x5255_4E47;
@@ -114,26 +113,8 @@ pub struct LoggedEvent {
     pub event: Event,
 }
 
-/// A trial as the store holds it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredTrial {
-    /// The trial.
-    pub id: TrialId,
-    /// Its status.
-    pub status: TrialStatus,
-    /// Its configuration.
-    pub config: Config,
-    /// Failed runs.
-    pub failures: u32,
-    /// Launches, relaunches included.
-    pub launches: u32,
-    /// Its last report.
-    pub last: Option<Report>,
-    /// Its best value of the metric, and the step.
-    pub best: Option<(f64, u64)>,
-    /// Why it errored.
-    pub error: Option<String>,
-}
+/// A trial as the store holds it: the same row the controller persists.
+pub use crate::controller::TrialRow as StoredTrial;
 
 /// A checkpoint as the store holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -595,6 +576,7 @@ mod tests {
     use super::*;
     use crate::controller::{CheckpointRef, EndCause, TrialRow};
     use crate::trial::Metrics;
+    use crate::value::Config;
 
     fn report(step: u64, loss: f64) -> Report {
         Report {
