@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 /// the weak ones early, and
 /// keep every trial, report and checkpoint in a SQLite store so a killed sweep resumes exactly.
 ///
-/// Searchers: random, grid. Schedulers: fifo, asha (stop or promote), hyperband, median, pbt.
+/// Searchers: random, grid, sobol, tpe, gp, bohb. Schedulers: fifo, asha (stop or promote), hyperband,
+/// median, pbt.
 ///
 /// Exit codes: 0 success, 1 failure (including a sweep whose trials all errored), 2 bad input,
 /// 130 interrupted (resume with `rung resume`).
