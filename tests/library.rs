@@ -253,3 +253,55 @@ fn invalid_settings_never_reach_a_run() {
         "setting \"max_concurrent\": must be at least 1, got 0"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_trials_are_paused_and_promoted_through_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let promote: rung::SchedulerConfig = serde_json::from_str(
+        r#"{"kind": "asha", "type": "promote", "max_t": 9, "grace_period": 1, "reduction_factor": 3}"#,
+    )
+    .unwrap();
+    let restored = Arc::new(AtomicUsize::new(0));
+    let counter = restored.clone();
+    let result = builder(&dir.path().join("s.db"))
+        .num_samples(9)
+        .scheduler(promote)
+        .build()
+        .unwrap()
+        .run(move |mut trial| {
+            let counter = counter.clone();
+            async move {
+                let curve = LearningCurve::from_config(trial.config()).unwrap();
+                let start = match trial.restore() {
+                    Some((step, dir)) => {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        assert_eq!(std::fs::read_to_string(dir.join("step"))?, step.to_string());
+                        step + 1
+                    }
+                    None => 1,
+                };
+                for step in start..=9 {
+                    std::fs::write(trial.checkpoint_dir().join("step"), step.to_string())?;
+                    if trial.report_checkpoint(step, [("loss", curve.loss(step))]).await != Decision::Continue {
+                        break;
+                    }
+                }
+                anyhow::Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(result.trials.len(), 9);
+    assert!(result.trials.iter().all(|t| t.status.is_final()), "{:?}", result.trials);
+    assert!(
+        restored.load(Ordering::SeqCst) >= 3,
+        "promoted trials resumed from their checkpoints"
+    );
+    // The best trial of the first rung was promoted all the way to max_t.
+    assert!(
+        result
+            .trials
+            .iter()
+            .any(|t| t.last.as_ref().unwrap().step == 9 && t.launches >= 3)
+    );
+}
