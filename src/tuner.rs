@@ -40,7 +40,7 @@ use tune_core::driver::{Driver, DriverHandle, DriverSetup, ExperimentLock, Runne
 use tune_core::runner::{InProcessRunner, ProcessConfig, ProcessRunner, TrialContext};
 use tune_core::space::Space;
 use tune_core::store::{ExperimentInfo, Store, StoredTrial};
-use tune_core::trial::{Mode, TrialStatus};
+use tune_core::trial::Mode;
 use tune_schedulers::SchedulerConfig;
 use tune_search::SearcherConfig;
 
@@ -496,9 +496,4 @@ fn load_result(store: &Store, experiment: &ExperimentInfo, spec: &Spec, status: 
         elapsed: Duration::from_millis(experiment.elapsed_ms),
         trials: store.trials(experiment.id)?,
     })
-}
-
-/// Whether a status counts as a trial that produced a usable result.
-pub fn succeeded(status: TrialStatus) -> bool {
-    matches!(status, TrialStatus::Terminated(_))
 }
