@@ -8,7 +8,7 @@
 use rung::SearcherConfig;
 use rung::tune_core::trial::Mode;
 use rung::tune_search::{AskTell, GpConfig, SobolConfig, TpeConfig};
-use rung::workloads::Synthetic;
+use rung::workloads::{Synthetic, quantile};
 
 const CHECKPOINTS: [usize; 3] = [25, 50, 100];
 
@@ -40,12 +40,6 @@ fn run(function: Synthetic, searcher: &SearcherConfig, seed: u64) -> [f64; 3] {
         }
     }
     out
-}
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let position = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (position.floor() as usize, position.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (position - lo as f64)
 }
 
 fn main() {

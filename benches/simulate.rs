@@ -14,7 +14,7 @@ use std::time::Instant;
 use rung::Spec;
 use rung::simulate::{LEARNING_CURVE_STEPS, simulate};
 use rung::tune_core::controller::Event;
-use rung::workloads::LearningCurve;
+use rung::workloads::{LearningCurve, quantile};
 
 fn spec(scheduler: &str, num_samples: i64, extra: &str) -> Spec {
     Spec::from_toml_str(&format!(
@@ -73,12 +73,6 @@ fn best_achievable() -> f64 {
         }
     }
     best
-}
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let position = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (position.floor() as usize, position.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (position - lo as f64)
 }
 
 fn main() {

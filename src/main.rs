@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use rung::tune_core::store::{ExperimentInfo, Store, StoredTrial};
 use rung::tune_core::trial::metrics_serde;
 use rung::tuner::{best_trial, trials_root};
@@ -94,36 +94,24 @@ enum Command {
     },
     /// Show a sweep's state: trial counts by status, elapsed time, best so far.
     Status {
-        /// The store.
-        #[arg(long)]
-        db: PathBuf,
-        /// The experiment [default: the newest in the store].
-        #[arg(long)]
-        experiment: Option<String>,
+        #[command(flatten)]
+        target: Target,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Show the best trial: its config and its metrics at its best step.
     Best {
-        /// The store.
-        #[arg(long)]
-        db: PathBuf,
-        /// The experiment [default: the newest in the store].
-        #[arg(long)]
-        experiment: Option<String>,
+        #[command(flatten)]
+        target: Target,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Export one row per trial: id, status, config, last and best metric, steps.
     Export {
-        /// The store.
-        #[arg(long)]
-        db: PathBuf,
-        /// The experiment [default: the newest in the store].
-        #[arg(long)]
-        experiment: Option<String>,
+        #[command(flatten)]
+        target: Target,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Csv)]
         format: Format,
@@ -131,6 +119,17 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+}
+
+/// Which experiment of which store a read command looks at.
+#[derive(Args)]
+struct Target {
+    /// The store.
+    #[arg(long)]
+    db: PathBuf,
+    /// The experiment [default: the newest in the store].
+    #[arg(long)]
+    experiment: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -267,14 +266,14 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             let result = block_on(tuner.run_command())?;
             Ok(finish(&result))
         }
-        Command::Status { db, experiment, json } => {
-            let (store, info, spec) = open(&db, experiment.as_deref())?;
+        Command::Status { target, json } => {
+            let (store, info, spec) = open(&target)?;
             let trials = store.trials(info.id)?;
-            print_status(&db, &info, &spec, &trials, json);
+            print_status(&target.db, &info, &spec, &trials, json);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Best { db, experiment, json } => {
-            let (store, info, spec) = open(&db, experiment.as_deref())?;
+        Command::Best { target, json } => {
+            let (store, info, spec) = open(&target)?;
             let trials = store.trials(info.id)?;
             let Some(best) = best_trial(&trials, spec.mode) else {
                 eprintln!("experiment \"{}\" has no result for \"{}\" yet", info.name, spec.metric);
@@ -316,13 +315,8 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export {
-            db,
-            experiment,
-            format,
-            output,
-        } => {
-            let (store, info, spec) = open(&db, experiment.as_deref())?;
+        Command::Export { target, format, output } => {
+            let (store, info, spec) = open(&target)?;
             let trials = store.trials(info.id)?;
             let text = match format {
                 Format::Csv => export_csv(&spec, &trials),
@@ -346,9 +340,9 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
-fn open(db: &Path, experiment: Option<&str>) -> Result<(Store, ExperimentInfo, Spec), Error> {
-    let store = Store::open(db)?;
-    let info = store.experiment(experiment)?;
+fn open(target: &Target) -> Result<(Store, ExperimentInfo, Spec), Error> {
+    let store = Store::open(&target.db)?;
+    let info = store.experiment(target.experiment.as_deref())?;
     let spec: Spec = serde_json::from_str(&info.spec).map_err(rung::CoreError::from)?;
     Ok((store, info, spec))
 }

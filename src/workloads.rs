@@ -63,6 +63,14 @@ impl LearningCurve {
     }
 }
 
+/// The `q`-quantile of `sorted` (ascending, non-empty) with linear interpolation between order
+/// statistics (numpy's default), as the benchmarks report medians and IQRs.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let position = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (position.floor() as usize, position.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (position - lo as f64)
+}
+
 /// The splitmix64 mixing function.
 pub fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
