@@ -22,5 +22,5 @@ pub use tune_core::trial::{Decision, Mode, TrialId, TrialStatus};
 pub use tune_core::value::Config;
 pub use tune_schedulers::SchedulerConfig;
 pub use tune_search::SearcherConfig;
-pub use tuner::{SweepResult, SweepStatus, Tuner, TunerBuilder};
+pub use tuner::{Observer, SweepResult, SweepStatus, Tuner, TunerBuilder};
 pub use {tune_core, tune_schedulers, tune_search};

@@ -225,6 +225,7 @@ impl TunerBuilder {
             interrupt_on_ctrl_c: self.interrupt_on_ctrl_c,
             max_concurrent: None,
             driver: Driver::new(),
+            observer: None,
         })
     }
 }
@@ -244,7 +245,11 @@ pub struct Tuner {
     interrupt_on_ctrl_c: bool,
     max_concurrent: Option<usize>,
     driver: Driver,
+    observer: Option<Observer>,
 }
+
+/// Called after every group commit with the sweep's progress (see [`Tuner::with_observer`]).
+pub type Observer = Box<dyn FnMut(&Progress) + Send>;
 
 impl Tuner {
     /// A builder with the defaults.
@@ -268,6 +273,7 @@ impl Tuner {
             interrupt_on_ctrl_c: true,
             max_concurrent: None,
             driver: Driver::new(),
+            observer: None,
         }
     }
 
@@ -282,6 +288,7 @@ impl Tuner {
             interrupt_on_ctrl_c: true,
             max_concurrent: None,
             driver: Driver::new(),
+            observer: None,
         }
     }
 
@@ -301,6 +308,20 @@ impl Tuner {
     /// Show or hide the progress bar.
     pub fn with_progress(mut self, progress: bool) -> Self {
         self.progress = progress;
+        self
+    }
+
+    /// Treat Ctrl-C as "stop for now" (true, the default) or leave SIGINT alone, for a host
+    /// that handles it itself (the Python bindings turn it into `KeyboardInterrupt`).
+    pub fn with_ctrl_c(mut self, enabled: bool) -> Self {
+        self.interrupt_on_ctrl_c = enabled;
+        self
+    }
+
+    /// Call `observer` with the progress after every group commit, instead of drawing the
+    /// progress bar.
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -339,6 +360,16 @@ impl Tuner {
         .await
     }
 
+    /// Runs the sweep with the runner `make_runner` returns for the experiment (called once the
+    /// store is open and the experiment chosen, with its spec and its trials' folder): how the
+    /// Python bindings, and anything else that runs trials its own way, plug in.
+    pub async fn run_with_runner<M>(self, make_runner: M) -> Result<SweepResult>
+    where
+        M: FnOnce(&Spec, &ExperimentInfo, PathBuf) -> Result<Arc<dyn Runner>> + Send + 'static,
+    {
+        self.execute(make_runner).await
+    }
+
     async fn execute<M>(mut self, make_runner: M) -> Result<SweepResult>
     where
         M: FnOnce(&Spec, &ExperimentInfo, PathBuf) -> Result<Arc<dyn Runner>> + Send + 'static,
@@ -375,7 +406,7 @@ impl Tuner {
     }
 
     /// Opens the store, picks the experiment, replays and runs it. Runs on its own thread.
-    fn drive<M>(self, driver: Driver, runtime: tokio::runtime::Handle, make_runner: M) -> Result<SweepResult>
+    fn drive<M>(mut self, driver: Driver, runtime: tokio::runtime::Handle, make_runner: M) -> Result<SweepResult>
     where
         M: FnOnce(&Spec, &ExperimentInfo, PathBuf) -> Result<Arc<dyn Runner>>,
     {
@@ -416,10 +447,12 @@ impl Tuner {
         let runner = make_runner(&spec, &experiment, trials_root)?;
         let seed = experiment.seed;
         let controller = controller_for(&spec, seed)?;
-        let observer: Box<dyn FnMut(&Progress) + Send> = if self.progress {
-            Box::new(progress::Display::new(&spec.metric, controller.config().max_trials).into_observer())
-        } else {
-            Box::new(|_: &Progress| {})
+        let observer: Observer = match self.observer.take() {
+            Some(observer) => observer,
+            None if self.progress => {
+                Box::new(progress::Display::new(&spec.metric, controller.config().max_trials).into_observer())
+            }
+            None => Box::new(|_: &Progress| {}),
         };
         let setup = DriverSetup {
             store,
