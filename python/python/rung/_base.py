@@ -23,11 +23,11 @@ class _Component:
         space: Optional[Mapping[str, Any]],
     ) -> None:
         if mode is not None and mode not in ("min", "max"):
-            raise ValueError(f"setting 'mode': must be \"min\" or \"max\", got {mode!r}")
+            raise ValueError(f"setting \"mode\": must be \"min\" or \"max\", got {mode!r}")
         self._settings = {k: v for k, v in settings.items() if v is not None}
         for key, value in self._settings.items():
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"setting {key!r} of {type(self).__name__}: must be finite, got {value!r}")
+                raise ValueError(f"setting \"{key}\" of {type(self).__name__}: must be finite, got {value!r}")
         self.metric = metric
         self.mode = mode
         self.seed = seed

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from typing import Any, Mapping, Optional, Union
 
 __all__ = ["report", "get_checkpoint", "checkpoint_dir", "get_trial_id"]
@@ -143,6 +144,15 @@ class _ProtocolSession(_Session):
         # json.dumps writes NaN and infinities as bare NaN / Infinity, which the protocol reads.
         sys.stdout.write(f"rung:report {json.dumps(line)}\n")
         sys.stdout.flush()
+        if checkpoint:
+            # rung takes the files by moving them out of the folder: wait for that before the
+            # trainable writes the next checkpoint over files not yet taken.
+            deadline = time.monotonic() + 60.0
+            while os.listdir(self.staging):
+                if time.monotonic() > deadline:
+                    print(f"rung: the checkpoint of step {step} was not taken within 60 s", file=sys.stderr)
+                    break
+                time.sleep(0.001)
         # The CLI answers by signal: a stopped trial is terminated.
         return "CONTINUE"
 

@@ -34,7 +34,7 @@ def _optional_number(name: str, value: Any) -> Optional[float]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"setting {name!r}: must be a finite number, got {value!r}")
+        raise ValueError(f"setting \"{name}\": must be a finite number, got {value!r}")
     return value
 
 
@@ -102,9 +102,9 @@ class Tuner:
         metric = _agree("metric", metric, searcher.metric, scheduler.metric)
         mode = _agree("mode", mode, searcher.mode, scheduler.mode) or "min"
         if metric is None:
-            raise ValueError("setting 'metric': the Tuner needs the name of the metric to optimise, e.g. metric=\"loss\"")
+            raise ValueError("setting \"metric\": the Tuner needs the name of the metric to optimise, e.g. metric=\"loss\"")
         if mode not in ("min", "max"):
-            raise ValueError(f"setting 'mode': must be \"min\" or \"max\", got {mode!r}")
+            raise ValueError(f"setting \"mode\": must be \"min\" or \"max\", got {mode!r}")
         spec: dict[str, Any] = {
             "name": name,
             "metric": metric,
@@ -243,7 +243,7 @@ def _agree(setting: str, *values: Optional[str]) -> Optional[str]:
     given = {v for v in values if v is not None}
     if len(given) > 1:
         raise ValueError(
-            f"setting {setting!r}: the Tuner, searcher and scheduler name different values ({', '.join(sorted(given))})"
+            f"setting \"{setting}\": the Tuner, searcher and scheduler name different values ({', '.join(sorted(given))})"
         )
     return next(iter(given), None)
 
@@ -265,7 +265,7 @@ def _executor(kind: str) -> Callable[[Callable[[dict], Any], Any], Any]:
         return _ThreadExecutor
     if kind == "process":
         return _ProcessExecutor
-    raise ValueError(f"setting 'executor': must be \"thread\" or \"process\", got {kind!r}")
+    raise ValueError(f"setting \"executor\": must be \"thread\" or \"process\", got {kind!r}")
 
 
 def _finish(trial: Any, display: Any, error: Optional[str]) -> None:

@@ -84,7 +84,8 @@ class Random(Searcher):
 
 class Grid(Searcher):
     """Every point of the space's cartesian product: ``grid`` values, ``choice`` over plain
-    values, integer ranges. Continuous domains are rejected."""
+    values, integer ranges. Continuous domains are rejected. A sweep runs ``num_samples``
+    passes; on its own, ``suggest`` cycles through the points."""
 
     kind = "grid"
     _needs_metric = False
