@@ -22,7 +22,10 @@ pub fn value_to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, P
         }
         Value::String(text) => text.into_pyobject(py)?.into_any(),
         Value::Array(items) => {
-            let items = items.iter().map(|item| value_to_py(py, item)).collect::<PyResult<Vec<_>>>()?;
+            let items = items
+                .iter()
+                .map(|item| value_to_py(py, item))
+                .collect::<PyResult<Vec<_>>>()?;
             PyList::new(py, items)?.into_any()
         }
         Value::Object(map) => map_to_py(py, map)?.into_any(),

@@ -27,11 +27,7 @@ pub fn parse_trial_id(text: &str) -> PyResult<TrialId> {
 /// when it can be resumed), `end_cause`, `elapsed_s`, `best_trial` and `trials`, each trial a dict of `trial_id`,
 /// `status`, `config`, `step`, `metrics` (its last report), `best` (`(value, step)`), `error`,
 /// `launches`, `failures`, `trial_dir` and `checkpoints` (`[(step, path, value)]`, oldest first).
-pub fn results_dict<'py>(
-    py: Python<'py>,
-    store_path: &Path,
-    experiment: Option<&str>,
-) -> PyResult<Bound<'py, PyDict>> {
+pub fn results_dict<'py>(py: Python<'py>, store_path: &Path, experiment: Option<&str>) -> PyResult<Bound<'py, PyDict>> {
     let store = Store::open(store_path).map_err(core_to_py_err)?;
     let info = store.experiment(experiment).map_err(core_to_py_err)?;
     let spec: Spec = serde_json::from_str(&info.spec).map_err(|e| core_to_py_err(e.into()))?;
@@ -77,7 +73,10 @@ pub fn results_dict<'py>(
         row.set_item("error", trial.error.as_deref())?;
         row.set_item("launches", trial.launches)?;
         row.set_item("failures", trial.failures)?;
-        row.set_item("trial_dir", trials_root.join(trial.id.to_string()).display().to_string())?;
+        row.set_item(
+            "trial_dir",
+            trials_root.join(trial.id.to_string()).display().to_string(),
+        )?;
         row.set_item("checkpoints", checkpoints.remove(&trial.id).unwrap_or_default())?;
         list.append(row)?;
     }

@@ -185,7 +185,10 @@ impl NativeScheduler {
     /// Of the paused trials in `paused`, the one to resume in a free slot, if any.
     fn choose_trial_to_resume(&self, paused: Vec<String>) -> PyResult<Option<String>> {
         let mut state = self.state();
-        let ids = paused.iter().map(|name| state.known(name)).collect::<PyResult<BTreeSet<_>>>()?;
+        let ids = paused
+            .iter()
+            .map(|name| state.known(name))
+            .collect::<PyResult<BTreeSet<_>>>()?;
         let chosen = state.scheduler.choose_trial_to_resume(&ids);
         Ok(chosen.map(|id| state.names.name(id).to_owned()))
     }

@@ -187,7 +187,10 @@ impl Trial {
                 match shared.files.commit_checkpoint(step) {
                     Ok(path) => path.map(|p| p.display().to_string()),
                     Err(error) => {
-                        eprintln!("rung: trial {}: could not keep the checkpoint of step {step}: {error}", shared.id);
+                        eprintln!(
+                            "rung: trial {}: could not keep the checkpoint of step {step}: {error}",
+                            shared.id
+                        );
                         None
                     }
                 }
@@ -335,7 +338,9 @@ impl Sweep {
                 let outcome = match receiver.recv_timeout(timeout) {
                     Ok(result) => result.map_err(|e| (is_value_error(&e), e.to_string())),
                     Err(RecvTimeoutError::Timeout) => return false,
-                    Err(RecvTimeoutError::Disconnected) => Err((false, "the sweep's thread ended without a result".into())),
+                    Err(RecvTimeoutError::Disconnected) => {
+                        Err((false, "the sweep's thread ended without a result".into()))
+                    }
                 };
                 *ending = Ending::Ended(outcome);
             }

@@ -55,14 +55,21 @@ def starts(log: str) -> "list[tuple[str, int]]":
     return [(words[i], int(words[i + 2])) for i in range(0, len(words), 5)]
 
 
-def check_resumed(storage: str, log: str, done_before: "set[str]") -> None:
+def check_resumed(storage: str, log: str, interrupted: rung.ResultGrid) -> None:
+    done_before = {r.trial_id for r in interrupted if r.status == "completed"}
     before = len(starts(log))
     results = rung.Tuner.restore(storage, trainables.checkpointing, verbose=0).fit()
     assert results.status == "finished"
     assert results.counts() == {"completed": 12}
     relaunched = starts(log)[before:]
     assert not {t for t, _ in relaunched} & done_before, "a finished trial ran again"
-    for trial_id, step in relaunched:
+    for trial_id, start in relaunched:
+        # A trial cut short restarts from its newest checkpoint as the store had it.
+        before_kill = interrupted[trial_id] if trial_id in {r.trial_id for r in interrupted} else None
+        expected = 0
+        if before_kill is not None and before_kill.checkpoint is not None:
+            expected = int(before_kill.checkpoint.rsplit("_", 1)[1])
+        assert start == expected, (trial_id, start, expected)
         history = [h["step"] for h in results[trial_id].history()]
         assert sorted(set(history)) == list(range(1, 13))
     for result in results:
@@ -76,9 +83,8 @@ def test_restore_after_the_process_was_killed(tmp_path: Path) -> None:
     child.wait()
     interrupted = rung.ResultGrid.load(storage)
     assert interrupted.status == "interrupted"
-    done_before = {r.trial_id for r in interrupted if r.status == "completed"}
     assert rung.Tuner.can_restore(storage)
-    check_resumed(storage, log, done_before)
+    check_resumed(storage, log, interrupted)
     assert not rung.Tuner.can_restore(storage)
 
 
@@ -92,5 +98,4 @@ def test_ctrl_c_stops_cleanly_and_leaves_a_resumable_store(tmp_path: Path) -> No
     assert "interrupted; carry on with rung.Tuner.restore(" in err
     interrupted = rung.ResultGrid.load(storage)
     assert interrupted.status == "interrupted"
-    done_before = {r.trial_id for r in interrupted if r.status == "completed"}
-    check_resumed(storage, log, done_before)
+    check_resumed(storage, log, interrupted)

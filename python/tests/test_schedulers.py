@@ -112,7 +112,12 @@ def test_standalone_needs_a_metric() -> None:
 
 def test_standalone_searchers_suggest_configs_in_the_space() -> None:
     space = {"x": rung.uniform(-5, 10), "y": rung.uniform(0, 15)}
-    for searcher in (rung.search.Random(), rung.search.Sobol(), rung.search.TPE(n_startup_trials=3), rung.search.GP(n_startup_trials=3)):
+    for searcher in (
+        rung.search.Random(),
+        rung.search.Sobol(),
+        rung.search.TPE(n_startup_trials=3),
+        rung.search.GP(n_startup_trials=3),
+    ):
         searcher.space, searcher.metric, searcher.mode, searcher.seed = space, "f", "min", 1
         for i in range(6):
             config = searcher.suggest(f"t{i}")

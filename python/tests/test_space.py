@@ -20,7 +20,14 @@ def collect(space: dict, storage: str, num_samples: int = 60, **kwargs) -> list:
         rung.report({"loss": 0.0})
 
     rung.Tuner(
-        train, param_space=space, metric="loss", num_samples=num_samples, seed=7, storage_path=storage, verbose=0, **kwargs
+        train,
+        param_space=space,
+        metric="loss",
+        num_samples=num_samples,
+        seed=7,
+        storage_path=storage,
+        verbose=0,
+        **kwargs,
     ).fit()
     return seen
 
@@ -81,7 +88,9 @@ def test_grid_runs_every_point_num_samples_times(storage: str) -> None:
 
 
 def test_grid_searcher_exhausts_the_space(storage: str) -> None:
-    configs = collect({"a": rung.choice([1, 2]), "b": rung.randint(0, 3)}, storage, num_samples=1, searcher=rung.search.Grid())
+    configs = collect(
+        {"a": rung.choice([1, 2]), "b": rung.randint(0, 3)}, storage, num_samples=1, searcher=rung.search.Grid()
+    )
     assert sorted((c["a"], c["b"]) for c in configs) == [(a, b) for a in (1, 2) for b in (0, 1, 2)]
 
 

@@ -86,7 +86,7 @@ def test_checkpoints_round_trip_through_asha_promotion(storage: str, tmp_path) -
     resumed = [s for s in starts if s[1] > 0]
     # Promoted trials continue from the step of their checkpoint, not from scratch.
     assert resumed, "ASHA promote should have resumed paused trials"
-    for trial_id, step in resumed:
+    for _, step in resumed:
         assert step in (1, 3, 9)
     for trial_id, _ in resumed:
         # Each step reported once: the resumed run picked up right after its checkpoint.
@@ -233,7 +233,7 @@ def test_a_script_using_rung_report_runs_under_the_rung_cli(tmp_path) -> None:
     spec = tmp_path / "spec.toml"
     spec.write_text(
         'name = "cli"\nmetric = "loss"\nmode = "min"\nnum_samples = 3\nseed = 1\n'
-        '[space]\nlr = { loguniform = [1e-3, 1e-1] }\n'
+        "[space]\nlr = { loguniform = [1e-3, 1e-1] }\n"
         f'[trial]\ncommand = ["{sys.executable}", "trial.py", "{{lr}}"]\n'
     )
     env = child_env()

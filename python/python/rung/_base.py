@@ -23,11 +23,11 @@ class _Component:
         space: Optional[Mapping[str, Any]],
     ) -> None:
         if mode is not None and mode not in ("min", "max"):
-            raise ValueError(f"setting \"mode\": must be \"min\" or \"max\", got {mode!r}")
+            raise ValueError(f'setting "mode": must be "min" or "max", got {mode!r}')
         self._settings = {k: v for k, v in settings.items() if v is not None}
         for key, value in self._settings.items():
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"setting \"{key}\" of {type(self).__name__}: must be finite, got {value!r}")
+                raise ValueError(f'setting "{key}" of {type(self).__name__}: must be finite, got {value!r}')
         self.metric = metric
         self.mode = mode
         self.seed = seed
@@ -41,7 +41,7 @@ class _Component:
     def _standalone(self, need_metric: bool = True) -> "tuple[str, str, int]":
         name = type(self).__name__
         if need_metric and self.metric is None:
-            raise ValueError(f"{name} used on its own needs metric=..., e.g. {name}(metric=\"loss\", mode=\"min\")")
+            raise ValueError(f'{name} used on its own needs metric=..., e.g. {name}(metric="loss", mode="min")')
         return self.metric or "", self.mode or "min", int(self.seed or 0)
 
     def _space_json(self, required: bool) -> Optional[str]:

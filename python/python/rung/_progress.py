@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import sys
 import time
-from typing import Any, Optional, TextIO
+from typing import Optional, TextIO
 
 STATUSES = ("running", "pending", "paused", "completed", "stopped", "sweep_ended", "errored")
 
@@ -15,7 +15,7 @@ def _in_notebook() -> bool:
     if shell is None:
         return False
     try:
-        ip = shell.get_ipython()  # type: ignore[attr-defined]
+        ip = shell.get_ipython()
     except Exception:  # noqa: BLE001
         return False
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
@@ -73,7 +73,8 @@ class Terminal(Silent):
         total = p["max_trials"]
         counts = " ".join(f"{s} {p[s]}" for s in STATUSES if p[s])
         elapsed = time.monotonic() - self.start
-        return f"rung: {_done(p)}/{total if total is not None else '?'} trials | {counts} | {_best(p, self.metric)} | {elapsed:.0f}s"
+        total_text = "?" if total is None else total
+        return f"rung: {_done(p)}/{total_text} trials | {counts} | {_best(p, self.metric)} | {elapsed:.0f}s"
 
     def update(self, progress: Optional[dict], force: bool = False) -> None:
         now = time.monotonic()
@@ -99,7 +100,9 @@ class Terminal(Silent):
             self.update(progress, force=True)
         self._end_line()
         cause = result.get("end_cause") or result.get("status")
-        self.stream.write(f"rung: sweep {result['experiment']!r} {result['status']} ({cause}), store {result['store']}\n")
+        self.stream.write(
+            f"rung: sweep {result['experiment']!r} {result['status']} ({cause}), store {result['store']}\n"
+        )
         self.stream.flush()
 
     def message(self, text: str) -> None:

@@ -146,9 +146,9 @@ class ResultGrid:
         metric = metric or self.metric
         mode = mode or self.mode
         if mode not in ("min", "max"):
-            raise ValueError(f"mode must be \"min\" or \"max\", got {mode!r}")
+            raise ValueError(f'mode must be "min" or "max", got {mode!r}')
         if scope not in ("all", "last"):
-            raise ValueError(f"scope must be \"all\" or \"last\", got {scope!r}")
+            raise ValueError(f'scope must be "all" or "last", got {scope!r}')
         if metric == self.metric and mode == self.mode and scope == "all":
             return self.best_result
         sign = -1.0 if mode == "min" else 1.0

@@ -54,7 +54,8 @@ class Domain:
         return {self._kind: list(self._args)}
 
     def __repr__(self) -> str:
-        return f"rung.{self._kind}({', '.join(repr(a) for a in (self._args if isinstance(self._args, list) else [self._args]))})"
+        args = self._args if isinstance(self._args, list) and self._kind not in ("choice", "grid") else [self._args]
+        return f"rung.{self._kind}({', '.join(repr(a) for a in args)})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Domain) and self.to_spec() == other.to_spec()
@@ -69,7 +70,7 @@ def _number(value: Any, what: str, integer: bool = False) -> float | int:
         if isinstance(value, numbers.Integral):
             return int(value)
         if float(value).is_integer():
-            return int(value)
+            return int(float(value))
         raise ValueError(f"{what} must be an integer, got {value!r}")
     value = float(value)
     if not math.isfinite(value):

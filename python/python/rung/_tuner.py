@@ -34,7 +34,7 @@ def _optional_number(name: str, value: Any) -> Optional[float]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"setting \"{name}\": must be a finite number, got {value!r}")
+        raise ValueError(f'setting "{name}": must be a finite number, got {value!r}')
     return value
 
 
@@ -98,13 +98,15 @@ class Tuner:
         if not isinstance(searcher, Searcher):
             raise TypeError(f"searcher must be one of rung.search (e.g. rung.search.TPE()), got {searcher!r}")
         if not isinstance(scheduler, Scheduler):
-            raise TypeError(f"scheduler must be one of rung.schedulers (e.g. rung.schedulers.ASHA()), got {scheduler!r}")
+            raise TypeError(
+                f"scheduler must be one of rung.schedulers (e.g. rung.schedulers.ASHA()), got {scheduler!r}"
+            )
         metric = _agree("metric", metric, searcher.metric, scheduler.metric)
         mode = _agree("mode", mode, searcher.mode, scheduler.mode) or "min"
         if metric is None:
-            raise ValueError("setting \"metric\": the Tuner needs the name of the metric to optimise, e.g. metric=\"loss\"")
+            raise ValueError('setting "metric": the Tuner needs the name of the metric to optimise, e.g. metric="loss"')
         if mode not in ("min", "max"):
-            raise ValueError(f"setting \"mode\": must be \"min\" or \"max\", got {mode!r}")
+            raise ValueError(f'setting "mode": must be "min" or "max", got {mode!r}')
         spec: dict[str, Any] = {
             "name": name,
             "metric": metric,
@@ -243,7 +245,7 @@ def _agree(setting: str, *values: Optional[str]) -> Optional[str]:
     given = {v for v in values if v is not None}
     if len(given) > 1:
         raise ValueError(
-            f"setting \"{setting}\": the Tuner, searcher and scheduler name different values ({', '.join(sorted(given))})"
+            f'setting "{setting}": the Tuner, searcher and scheduler name different values ({", ".join(sorted(given))})'
         )
     return next(iter(given), None)
 
@@ -265,7 +267,7 @@ def _executor(kind: str) -> Callable[[Callable[[dict], Any], Any], Any]:
         return _ThreadExecutor
     if kind == "process":
         return _ProcessExecutor
-    raise ValueError(f"setting \"executor\": must be \"thread\" or \"process\", got {kind!r}")
+    raise ValueError(f'setting "executor": must be "thread" or "process", got {kind!r}')
 
 
 def _finish(trial: Any, display: Any, error: Optional[str]) -> None:
@@ -327,11 +329,11 @@ class _ProcessExecutor:
         )
         try:
             process.start()
-        except Exception as error:  # noqa: BLE001 - e.g. a trainable that cannot be pickled
+        except Exception as exc:  # noqa: BLE001 - e.g. a trainable that cannot be pickled
             _finish(
                 trial,
                 self.display,
-                f'executor="process" could not start the trial: {error!r} '
+                f'executor="process" could not start the trial: {exc!r} '
                 "(the trainable must be a function defined at module level, and its config picklable)",
             )
             return

@@ -33,9 +33,9 @@ class Scheduler(_Component):
         mode: Optional[str] = None,
         seed: Optional[int] = None,
         space: Optional[Mapping[str, Any]] = None,
-        **settings: Any,
+        _settings: Optional["dict[str, Any]"] = None,
     ) -> None:
-        super().__init__(settings, metric=metric, mode=mode, seed=seed, space=space)
+        super().__init__(_settings or {}, metric=metric, mode=mode, seed=seed, space=space)
         self._steps: "dict[str, int]" = {}
 
     def _native(self) -> Any:
@@ -113,13 +113,15 @@ class ASHA(Scheduler):
         **common: Any,
     ) -> None:
         super().__init__(
-            time_attr=time_attr,
-            max_t=max_t,
-            grace_period=grace_period,
-            reduction_factor=reduction_factor,
-            brackets=brackets,
-            stop_last_trials=stop_last_trials,
-            type=type,
+            _settings=dict(
+                time_attr=time_attr,
+                max_t=max_t,
+                grace_period=grace_period,
+                reduction_factor=reduction_factor,
+                brackets=brackets,
+                stop_last_trials=stop_last_trials,
+                type=type,
+            ),
             **common,
         )
 
@@ -147,10 +149,9 @@ class Hyperband(Scheduler):
         **common: Any,
     ) -> None:
         super().__init__(
-            time_attr=time_attr,
-            max_t=max_t,
-            reduction_factor=reduction_factor,
-            stop_last_trials=stop_last_trials,
+            _settings=dict(
+                time_attr=time_attr, max_t=max_t, reduction_factor=reduction_factor, stop_last_trials=stop_last_trials
+            ),
             **common,
         )
 
@@ -176,7 +177,8 @@ class MedianStopping(Scheduler):
         **common: Any,
     ) -> None:
         super().__init__(
-            time_attr=time_attr, grace_period=grace_period, min_samples_required=min_samples_required, **common
+            _settings=dict(time_attr=time_attr, grace_period=grace_period, min_samples_required=min_samples_required),
+            **common,
         )
 
 
@@ -206,11 +208,13 @@ class PBT(Scheduler):
         **common: Any,
     ) -> None:
         super().__init__(
-            perturbation_interval=perturbation_interval,
-            time_attr=time_attr,
-            quantile_fraction=quantile_fraction,
-            resample_probability=resample_probability,
-            mutate=list(mutate) if mutate is not None else None,
+            _settings=dict(
+                perturbation_interval=perturbation_interval,
+                time_attr=time_attr,
+                quantile_fraction=quantile_fraction,
+                resample_probability=resample_probability,
+                mutate=list(mutate) if mutate is not None else None,
+            ),
             **common,
         )
 

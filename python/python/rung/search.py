@@ -35,16 +35,16 @@ class Searcher(_Component):
         metric: Optional[str] = None,
         mode: Optional[str] = None,
         seed: Optional[int] = None,
-        **settings: Any,
+        _settings: Optional["dict[str, Any]"] = None,
     ) -> None:
-        super().__init__(settings, metric=metric, mode=mode, seed=seed, space=space)
+        super().__init__(_settings or {}, metric=metric, mode=mode, seed=seed, space=space)
 
     def _native(self) -> Any:
         if self._native_obj is None:
             metric, mode, seed = self._standalone(self._needs_metric)
-            self._native_obj = _rung.NativeSearcher(
-                json.dumps(self.to_spec()), self._space_json(required=True), metric, mode, seed
-            )
+            space_json = self._space_json(required=True)
+            assert space_json is not None
+            self._native_obj = _rung.NativeSearcher(json.dumps(self.to_spec()), space_json, metric, mode, seed)
         return self._native_obj
 
     def suggest(self, trial_id: str) -> Optional[dict]:
@@ -105,7 +105,7 @@ class Sobol(Searcher):
     _needs_metric = False
 
     def __init__(self, *, scramble: Optional[bool] = None, **common: Any) -> None:
-        super().__init__(scramble=scramble, **common)
+        super().__init__(_settings=dict(scramble=scramble), **common)
 
 
 class TPE(Searcher):
@@ -134,12 +134,14 @@ class TPE(Searcher):
         **common: Any,
     ) -> None:
         super().__init__(
-            n_startup_trials=n_startup_trials,
-            n_ei_candidates=n_ei_candidates,
-            gamma=gamma,
-            multivariate=multivariate,
-            constant_liar=constant_liar,
-            prior_weight=prior_weight,
+            _settings=dict(
+                n_startup_trials=n_startup_trials,
+                n_ei_candidates=n_ei_candidates,
+                gamma=gamma,
+                multivariate=multivariate,
+                constant_liar=constant_liar,
+                prior_weight=prior_weight,
+            ),
             **common,
         )
 
@@ -164,7 +166,8 @@ class GP(Searcher):
         **common: Any,
     ) -> None:
         super().__init__(
-            n_startup_trials=n_startup_trials, restarts=restarts, acquisition_starts=acquisition_starts, **common
+            _settings=dict(n_startup_trials=n_startup_trials, restarts=restarts, acquisition_starts=acquisition_starts),
+            **common,
         )
 
 
@@ -193,10 +196,12 @@ class BOHB(Searcher):
         **common: Any,
     ) -> None:
         super().__init__(
-            min_points_in_model=min_points_in_model,
-            top_n_percent=top_n_percent,
-            random_fraction=random_fraction,
-            bandwidth_factor=bandwidth_factor,
-            num_samples=num_samples,
+            _settings=dict(
+                min_points_in_model=min_points_in_model,
+                top_n_percent=top_n_percent,
+                random_fraction=random_fraction,
+                bandwidth_factor=bandwidth_factor,
+                num_samples=num_samples,
+            ),
             **common,
         )
