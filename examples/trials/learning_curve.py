@@ -38,7 +38,9 @@ def rotl(x, r):
 
 def loss(lr, batch, layers, dropout, t):
     z, g, big_l, d = math.log10(lr), math.log2(batch), layers, dropout
-    base = 0.05 + 0.30 * ((z + 3.5) / 1.5) ** 2 + 0.03 * (g - 5) ** 2 + 0.20 / big_l + 0.40 * (d - 0.3) ** 2
+    # Squares as products: x ** 2 goes through pow(), which does not always round like Rust's powi.
+    zz, gg, dd = (z + 3.5) / 1.5, g - 5, d - 0.3
+    base = 0.05 + 0.30 * zz * zz + 0.03 * gg * gg + 0.20 / big_l + 0.40 * dd * dd
     a = 0.3 + 0.2 * big_l + 1.5 * d
     b = 0.8 + 1.0 / (1.0 + math.exp(-2.0 * (z + 3.0))) - 0.06 * big_l
     u = splitmix64(bits(lr) ^ rotl(bits(dropout), 17) ^ (batch << 32) ^ (layers << 48) ^ t) / 2.0**64

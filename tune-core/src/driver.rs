@@ -309,7 +309,8 @@ impl Driver {
             if !warned_no_checkpoint && controller.paused_without_checkpoint() {
                 warned_no_checkpoint = true;
                 let message = "the scheduler pauses trials, but a trial asked to pause had no checkpoint: \
-                               it was stopped instead (trials must report \"checkpoint\": true to be paused and resumed)";
+                               it was stopped instead (a trial is paused and resumed only from a checkpoint: \"checkpoint\": true \
+                               on its report line, or rung.report(..., checkpoint=folder) in Python)";
                 eprintln!("warning: {message}");
             }
             observer(controller.progress());

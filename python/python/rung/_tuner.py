@@ -50,7 +50,10 @@ class Tuner:
         num_samples: how many trials (``-1``: until ``time_budget_s`` or ``target`` ends the
             sweep). Grid parameters multiply it, as in Ray Tune.
         max_concurrent_trials: trials at once (default: the number of CPUs).
-        seed: all randomness flows from it; the same seed gives the same sweep.
+        seed: all randomness flows from it. The same seed gives the same sweep when the
+            searcher does not learn (random, grid, Sobol) or trials run one at a time; a
+            model-based searcher with concurrent trials also depends on the order results
+            arrive in (a restored sweep still replays exactly).
         searcher: a ``rung.search`` searcher (default ``Random()``).
         scheduler: a ``rung.schedulers`` scheduler (default ``FIFO()``, no early stopping).
         storage_path: the folder of the sweep's store (``rung.db``) and trial folders

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import traceback
 from typing import Any, Callable, Optional
 
@@ -18,6 +19,8 @@ def main(
 ) -> None:
     """Runs ``trainable(config)`` with ``rung.report`` wired to ``conn``; tells the parent how
     it ended: ``("done",)`` or ``("error", traceback)``."""
+    # Ctrl-C is the parent's to handle: it stops the trials (and this process) itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     session = _session._PipeSession(conn, trial_id, staging, restore)
     _session._process_session = session
     try:

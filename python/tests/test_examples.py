@@ -1,0 +1,44 @@
+"""The Python examples run as documented (small settings), from another working folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import rung
+from conftest import REPO, child_env
+
+EXAMPLES = REPO / "examples" / "python"
+
+
+def run(args: "list[str]", cwd: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_quickstart(tmp_path: Path) -> None:
+    out = run([str(EXAMPLES / "quickstart.py")], tmp_path)
+    assert "best trial t" in out
+    results = rung.ResultGrid.load(tmp_path / "rung_results" / "quickstart")
+    assert len(results) == 100 and results.status == "finished"
+    # ASHA cut most trials short of step 81.
+    assert sum(r.metrics["step"] < 81 for r in results) > 50
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_digits_mlp(tmp_path: Path, executor: str) -> None:
+    pytest.importorskip("sklearn")
+    storage = tmp_path / "digits"
+    args = ["--num-samples", "4", "--max-epochs", "6", "--concurrency", "2", "--executor", executor]
+    run([str(EXAMPLES / "digits_mlp.py"), *args, "--storage", str(storage)], tmp_path)
+    results = rung.ResultGrid.load(storage)
+    assert results.status == "finished" and results.num_errors == 0
+    best = results.best_result
+    assert 0.5 < best.metrics["val_accuracy"] <= 1.0
+    assert best.checkpoint is not None
