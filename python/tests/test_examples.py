@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,25 @@ def test_digits_mlp(tmp_path: Path, executor: str) -> None:
     best = results.best_result
     assert 0.5 < best.metrics["val_accuracy"] <= 1.0
     assert best.checkpoint is not None
+
+
+def test_quickstart_notebook(tmp_path: Path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    # The notebook imports ../python/learning_curve.py and stores its sweep beside itself:
+    # run a copy, in the same layout, under tmp_path.
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "python").mkdir()
+    shutil.copy(EXAMPLES / "learning_curve.py", tmp_path / "python")
+    notebook = nbformat.read(REPO / "examples" / "notebooks" / "quickstart.ipynb", as_version=4)
+    client = nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path / "notebooks")}}
+    )
+    client.execute()
+    outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.get("outputs", [])]
+    assert not [out for out in outputs if out.get("output_type") == "error"]
+    text = "".join(out.get("text", "") for out in outputs)
+    assert "best trial t" in text
+    # The live progress table of the Jupyter display.
+    html = "".join(str(out.get("data", {}).get("text/html", "")) for out in outputs)
+    assert "<table>" in html and "completed" in html
