@@ -307,18 +307,13 @@ class _ThreadExecutor:
         _finish(trial, self.display, error)
 
 
-class _ProcessExecutor:
+class _ProcessExecutor(_ThreadExecutor):
     """Each trial in a fresh worker process (spawned: the engine's threads make fork unsafe);
-    a thread here relays its reports and decisions, and kills it when the sweep stops it."""
+    its thread here relays its reports and decisions, and kills it when the sweep stops it."""
 
     def __init__(self, trainable: Callable[[dict], Any], display: Any) -> None:
-        self.trainable = trainable
-        self.display = display
+        super().__init__(trainable, display)
         self.context = multiprocessing.get_context("spawn")
-
-    def start(self, trial: Any) -> None:
-        thread = threading.Thread(target=self._run, args=(trial,), name=f"rung-trial-{trial.id}", daemon=True)
-        thread.start()
 
     def _run(self, trial: Any) -> None:
         from . import _worker
