@@ -14,6 +14,12 @@ mod sweep;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
+/// Locks `mutex`, carrying on after a panic elsewhere (the data stays usable: every critical
+/// section here leaves it consistent).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Whether `error` is the user's bad space, setting or spec (`ValueError`) rather than a
 /// problem of the store or the machine (`RuntimeError`).
 pub(crate) fn is_value_error(error: &rung::Error) -> bool {

@@ -2,7 +2,7 @@
 //! (ask/tell): the Python classes in `rung.schedulers` and `rung.search` call these.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
@@ -16,7 +16,7 @@ use tune_schedulers::SchedulerConfig;
 use tune_search::SearcherConfig;
 
 use crate::convert::{map_to_py, parse_json};
-use crate::core_to_py_err;
+use crate::{core_to_py_err, lock};
 
 fn parse_mode(mode: &str) -> PyResult<Mode> {
     match mode {
@@ -87,12 +87,6 @@ pub struct NativeScheduler {
     state: Mutex<SchedulerState>,
 }
 
-impl NativeScheduler {
-    fn state(&self) -> MutexGuard<'_, SchedulerState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
 impl SchedulerState {
     fn trial(&mut self, name: &str, config: Option<Config>) -> TrialId {
         match self.names.get(name) {
@@ -136,7 +130,7 @@ impl NativeScheduler {
     #[pyo3(signature = (trial, config_json = None))]
     fn add(&self, trial: &str, config_json: Option<&str>) -> PyResult<()> {
         let config = parse_config(config_json)?;
-        let mut state = self.state();
+        let mut state = lock(&self.state);
         if state.names.get(trial).is_some() {
             return Err(PyValueError::new_err(format!("trial {trial:?} was already added")));
         }
@@ -155,7 +149,7 @@ impl NativeScheduler {
         metrics: BTreeMap<String, f64>,
         checkpointed: bool,
     ) -> &'static str {
-        let mut state = self.state();
+        let mut state = lock(&self.state);
         let id = state.trial(trial, None);
         if checkpointed {
             state.checkpointed.insert(id);
@@ -176,7 +170,7 @@ impl NativeScheduler {
 
     /// The trial ended for good.
     fn remove(&self, trial: &str) -> PyResult<()> {
-        let mut state = self.state();
+        let mut state = lock(&self.state);
         let id = state.known(trial)?;
         state.scheduler.on_trial_remove(id);
         Ok(())
@@ -184,7 +178,7 @@ impl NativeScheduler {
 
     /// Of the paused trials in `paused`, the one to resume in a free slot, if any.
     fn choose_trial_to_resume(&self, paused: Vec<String>) -> PyResult<Option<String>> {
-        let mut state = self.state();
+        let mut state = lock(&self.state);
         let ids = paused
             .iter()
             .map(|name| state.known(name))
@@ -195,19 +189,19 @@ impl NativeScheduler {
 
     /// Paused trials the scheduler has given up on.
     fn take_trials_to_stop(&self) -> Vec<String> {
-        let mut state = self.state();
+        let mut state = lock(&self.state);
         let ids = state.scheduler.take_trials_to_stop();
         ids.into_iter().map(|id| state.names.name(id).to_owned()).collect()
     }
 
     /// No new trial will come (lets Hyperband work with the brackets it has).
     fn no_more_trials(&self) {
-        self.state().scheduler.on_no_more_trials();
+        lock(&self.state).scheduler.on_no_more_trials();
     }
 
     /// Right after a PAUSE from PBT: `(donor trial, new config)` to continue with, if any.
     fn take_exploit<'py>(&self, py: Python<'py>, trial: &str) -> PyResult<Option<(String, Bound<'py, PyDict>)>> {
-        let mut state = self.state();
+        let mut state = lock(&self.state);
         let id = state.known(trial)?;
         match state.scheduler.take_exploit(id) {
             None => Ok(None),
@@ -230,12 +224,6 @@ struct SearcherState {
 #[pyclass(frozen, module = "rung._rung")]
 pub struct NativeSearcher {
     state: Mutex<SearcherState>,
-}
-
-impl NativeSearcher {
-    fn state(&self) -> MutexGuard<'_, SearcherState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 #[pymethods]
@@ -264,7 +252,7 @@ impl NativeSearcher {
     /// A config for the new trial `trial`, or None when the searcher has nothing now (it waits
     /// for results) or nothing more (see `exhausted`).
     fn suggest<'py>(&self, py: Python<'py>, trial: &str) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let mut state = self.state();
+        let mut state = lock(&self.state);
         if state.names.get(trial).is_some() {
             return Err(PyValueError::new_err(format!("trial {trial:?} already has a config")));
         }
@@ -290,12 +278,12 @@ impl NativeSearcher {
     /// Whether the searcher has nothing more to propose (a finished grid).
     #[getter]
     fn exhausted(&self) -> bool {
-        self.state().exhausted
+        lock(&self.state).exhausted
     }
 
     /// An intermediate result of `trial`.
     fn on_result(&self, trial: &str, step: u64, metrics: BTreeMap<String, f64>) -> PyResult<()> {
-        let mut state = self.state();
+        let mut state = lock(&self.state);
         let id = state
             .names
             .get(trial)
@@ -313,7 +301,7 @@ impl NativeSearcher {
         metrics: Option<BTreeMap<String, f64>>,
         failed: bool,
     ) -> PyResult<()> {
-        let mut state = self.state();
+        let mut state = lock(&self.state);
         let id = state
             .names
             .get(trial)

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -19,11 +19,7 @@ use tune_core::value::Config;
 
 use crate::convert::map_to_py;
 use crate::results::results_dict;
-use crate::{is_value_error, to_py_err};
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use crate::{is_value_error, lock, to_py_err};
 
 /// Parses, completes and validates a spec given as JSON; the error names the setting or
 /// parameter at fault.
