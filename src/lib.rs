@@ -7,6 +7,8 @@
 
 pub mod error;
 pub mod progress;
+pub mod remote;
+pub mod server;
 pub mod simulate;
 pub mod spec;
 pub mod tuner;
@@ -23,4 +25,4 @@ pub use tune_core::value::Config;
 pub use tune_schedulers::SchedulerConfig;
 pub use tune_search::SearcherConfig;
 pub use tuner::{Observer, SweepResult, SweepStatus, Tuner, TunerBuilder};
-pub use {tune_core, tune_schedulers, tune_search};
+pub use {tune_core, tune_proto, tune_schedulers, tune_search, tune_worker_agent};

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rung::tune_core::store::{ExperimentInfo, Store, StoredTrial};
 use rung::tune_core::trial::metrics_serde;
 use rung::tuner::{best_trial, trials_root};
+use rung::remote::{Remote, read_token};
 use rung::{Error, Spec, SweepResult, SweepStatus, Tuner};
 use serde_json::{Value, json};
 
@@ -108,6 +109,91 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the controller as a gRPC server (package rung.v1) that worker agents and trial
+    /// processes connect to.
+    ///
+    /// Experiments come from the SPEC arguments or from `rung submit SPEC --server URL`. At start
+    /// the server resumes every unfinished experiment of its store. Trials with a `[trial]
+    /// command` are placed on agents (`rung agent`) by bin packing their `resources`; trials of
+    /// a spec without a command are handed to workers that call `Trials.Ask`. Ctrl-C or SIGTERM
+    /// stops running trials (they resume from their checkpoints when the server starts again).
+    Serve {
+        /// Specs to run (an experiment already in the store under the same name is resumed,
+        /// not started again).
+        specs: Vec<PathBuf>,
+        /// The store.
+        #[arg(long, default_value = "rung.db")]
+        db: PathBuf,
+        /// Where to listen (port 0: any free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:7470")]
+        listen: std::net::SocketAddr,
+        /// A file whose first line is the token every call must carry (`authorization: Bearer`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// PEM certificate chain: serve TLS (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Seconds without a message after which an agent is lost and its trials move elsewhere.
+        #[arg(long, default_value_t = 10.0)]
+        lease_s: f64,
+        /// Seconds between an agent's heartbeats.
+        #[arg(long, default_value_t = 2.0)]
+        heartbeat_s: f64,
+    },
+    /// Send a spec to a running server (`rung serve`); prints the experiment's name.
+    Submit {
+        /// The spec file.
+        spec: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Follow the experiment's progress until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Run a worker agent: register this machine with a controller and run the trials it
+    /// places here, pinned to their GPUs through CUDA_VISIBLE_DEVICES.
+    ///
+    /// GPUs are found through NVML (the NVIDIA driver's libnvidia-ml.so.1); a machine without
+    /// a driver offers no GPUs. If the controller goes away, trials keep running, their reports
+    /// are buffered, and the agent reconnects with backoff.
+    Agent {
+        /// The controller (`http://host:7470`, `https://...` with TLS).
+        #[arg(long)]
+        controller: String,
+        /// A file whose first line is the controller's token.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// A PEM CA certificate to trust for an https controller.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// GPUs to offer: auto (all NVML finds), none, a list of indices (0,2), or fake:N
+        /// (N GPUs that do not exist, for testing placement without hardware).
+        #[arg(long, default_value = "auto")]
+        gpus: String,
+        /// CPUs to offer [default: this machine's].
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Memory to offer, e.g. 64GiB [default: this machine's].
+        #[arg(long)]
+        memory: Option<String>,
+        /// A custom resource, name=amount (repeatable), e.g. --resource nvme=1.
+        #[arg(long = "resource")]
+        resources: Vec<String>,
+        /// The name shown in `rung status` [default: the host name].
+        #[arg(long)]
+        name: Option<String>,
+        /// Where trial folders (logs, checkpoints) go: <work-dir>/<experiment>/<trial>/.
+        /// Trials resumed on another agent read checkpoints from here, so agents that share
+        /// trials share this folder (NFS, a volume).
+        #[arg(long, default_value = "rung-agent")]
+        work_dir: PathBuf,
+        /// Print what the machine offers and exit.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Export one row per trial: id, status, config, last and best metric, steps.
     Export {
         #[command(flatten)]
@@ -121,15 +207,100 @@ enum Command {
     },
 }
 
-/// Which experiment of which store a read command looks at.
+/// Which experiment of which store (or server) a read command looks at.
 #[derive(Args)]
 struct Target {
     /// The store.
-    #[arg(long)]
-    db: PathBuf,
-    /// The experiment [default: the newest in the store].
+    #[arg(long, required_unless_present = "server", conflicts_with = "server")]
+    db: Option<PathBuf>,
+    /// The experiment [default: the newest].
     #[arg(long)]
     experiment: Option<String>,
+    /// Read from a running server instead of a store.
+    #[arg(long)]
+    server: Option<String>,
+    /// With --server: a file whose first line is the server's token.
+    #[arg(long, requires = "server")]
+    token_file: Option<PathBuf>,
+    /// With an https --server: a PEM CA certificate to trust.
+    #[arg(long, requires = "server")]
+    ca_cert: Option<PathBuf>,
+}
+
+/// How to reach a server.
+#[derive(Args)]
+struct ServerArgs {
+    /// The server (`http://host:7470`, `https://...` with TLS).
+    #[arg(long)]
+    server: String,
+    /// A file whose first line is the server's token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// A PEM CA certificate to trust for an https server.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    fn remote(&self) -> Result<Remote, Error> {
+        Ok(Remote {
+            url: self.server.clone(),
+            token: self.token_file.as_deref().map(read_token).transpose()?,
+            ca_cert: self.ca_cert.clone(),
+        })
+    }
+}
+
+impl Target {
+    fn remote(&self) -> Result<Option<Remote>, Error> {
+        let Some(url) = &self.server else { return Ok(None) };
+        Ok(Some(Remote {
+            url: url.clone(),
+            token: self.token_file.as_deref().map(read_token).transpose()?,
+            ca_cert: self.ca_cert.clone(),
+        }))
+    }
+}
+
+/// A read command's view of an experiment, from a store or a server.
+struct View {
+    /// Where it was read from, for the resume hint.
+    source: String,
+    info: ExperimentInfo,
+    spec: Spec,
+    trials: Vec<StoredTrial>,
+    /// Metrics at each trial's best step (servers send them; stores are asked when needed).
+    best_metrics: Option<Vec<(rung::TrialId, rung::tune_core::trial::Metrics)>>,
+    store: Option<Store>,
+    /// A server's status (waiting trials, agents).
+    remote: Option<rung::tune_proto::v1::ExperimentStatus>,
+}
+
+fn view(target: &Target) -> Result<View, Error> {
+    if let Some(remote) = target.remote()? {
+        let fetched = block_on(rung::remote::fetch(&remote, target.experiment.as_deref()))?;
+        return Ok(View {
+            source: remote.url,
+            info: fetched.info,
+            spec: fetched.spec,
+            trials: fetched.trials,
+            best_metrics: Some(fetched.best_metrics),
+            store: None,
+            remote: Some(fetched.status),
+        });
+    }
+    let db = target.db.clone().expect("clap requires --db without --server");
+    let (store, info, spec) = open(&db, target.experiment.as_deref())?;
+    let trials = store.trials(info.id)?;
+    Ok(View {
+        source: db.display().to_string(),
+        info,
+        spec,
+        trials,
+        best_metrics: None,
+        store: Some(store),
+        remote: None,
+    })
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -266,26 +437,171 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             let result = block_on(tuner.run_command())?;
             Ok(finish(&result))
         }
+        Command::Serve {
+            specs,
+            db,
+            listen,
+            token_file,
+            tls_cert,
+            tls_key,
+            lease_s,
+            heartbeat_s,
+        } => {
+            let positive = |flag: &str, value: f64| {
+                if value.is_finite() && value > 0.0 {
+                    Ok(std::time::Duration::from_secs_f64(value))
+                } else {
+                    Err(Error::Usage(format!("{flag} {value}: must be a number of seconds above 0")))
+                }
+            };
+            let lease = positive("--lease-s", lease_s)?;
+            let heartbeat = positive("--heartbeat-s", heartbeat_s)?;
+            if heartbeat * 2 > lease {
+                return Err(Error::Usage(format!(
+                    "--heartbeat-s {heartbeat_s} must be at most half of --lease-s {lease_s}, or one late heartbeat loses an agent"
+                )));
+            }
+            let specs = specs
+                .iter()
+                .map(|path| {
+                    let text = std::fs::read_to_string(path).map_err(|e| Error::Spec {
+                        path: path.clone(),
+                        message: format!("cannot read: {e}"),
+                    })?;
+                    let folder = spec_folder(path)?;
+                    Spec::from_submitted(&text, is_json(path), &folder).map_err(|e| match e {
+                        Error::Spec { message, .. } => Error::Spec {
+                            path: path.clone(),
+                            message,
+                        },
+                        other => other,
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            let mut config = rung::server::ServeConfig::new(db);
+            config.token = token_file.as_deref().map(read_token).transpose()?;
+            config.tls = tls_cert.zip(tls_key);
+            config.lease = lease;
+            config.heartbeat = heartbeat;
+            config.reconnect_grace = lease;
+            block_on(rung::server::serve_until_signalled(listen, config, specs))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Submit { spec, server, watch } => {
+            let text = std::fs::read_to_string(&spec).map_err(|e| Error::Spec {
+                path: spec.clone(),
+                message: format!("cannot read: {e}"),
+            })?;
+            let folder = spec_folder(&spec)?;
+            // Checked here first, so a mistake is shown with the file's name.
+            Spec::from_submitted(&text, is_json(&spec), &folder).map_err(|e| match e {
+                Error::Spec { message, .. } => Error::Spec {
+                    path: spec.clone(),
+                    message,
+                },
+                other => other,
+            })?;
+            let remote = server.remote()?;
+            block_on(async {
+                let mut client = remote.experiments().await?;
+                let status = client
+                    .create(remote.request(rung::tune_proto::v1::CreateRequest {
+                        spec: text,
+                        json: is_json(&spec),
+                        spec_dir: folder.display().to_string(),
+                    }))
+                    .await
+                    .map_err(rung::remote::status_error)?
+                    .into_inner();
+                println!("{}", status.name);
+                if watch {
+                    watch_experiment(&remote, &status.name).await?;
+                }
+                Ok::<_, Error>(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agent {
+            controller,
+            token_file,
+            ca_cert,
+            gpus,
+            cpus,
+            memory,
+            resources,
+            name,
+            work_dir,
+            dry_run,
+        } => {
+            use rung::tune_worker_agent::{agent, gpu, inventory};
+            let selection: gpu::GpuSelection = gpus.parse().map_err(|e: gpu::GpuError| Error::Usage(e.to_string()))?;
+            let discovery = gpu::discover(&selection).map_err(|e| Error::Usage(e.to_string()))?;
+            let memory = memory
+                .map(|m| rung::tune_core::resources::parse_size(&m).map_err(|e| Error::Usage(format!("--memory {m}: {e}"))))
+                .transpose()?;
+            let mut custom = std::collections::BTreeMap::new();
+            for text in &resources {
+                let (name, amount) = inventory::parse_custom(text).map_err(Error::Usage)?;
+                if custom.insert(name.clone(), amount).is_some() {
+                    return Err(Error::Usage(format!("--resource {name} is given twice")));
+                }
+            }
+            let offered = inventory::detect(cpus, memory, discovery.gpus, custom).map_err(Error::Usage)?;
+            if let Some(note) = &discovery.note {
+                eprintln!("[rung] {note}");
+            }
+            let name = name.unwrap_or_else(host_name);
+            eprintln!(
+                "[rung] agent {name} offers:\n{}",
+                inventory::describe(&offered, discovery.driver.as_deref())
+            );
+            if dry_run {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let work_dir = std::path::absolute(&work_dir)
+                .map_err(|e| Error::Usage(format!("--work-dir {}: {e}", work_dir.display())))?;
+            let config = agent::AgentConfig {
+                controller,
+                token: token_file.as_deref().map(read_token).transpose()?,
+                ca_cert,
+                name,
+                work_dir,
+                inventory: offered,
+            };
+            block_on(agent::run(config, async {
+                let _ = tokio::signal::ctrl_c().await;
+                eprintln!("[rung] agent stopping: stopping its trials");
+            }))
+            .map_err(|e| Error::Usage(e.to_string()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status { target, json } => {
-            let (store, info, spec) = open(&target)?;
-            let trials = store.trials(info.id)?;
-            print_status(&target.db, &info, &spec, &trials, json);
+            let view = view(&target)?;
+            print_status(&view, json);
             Ok(ExitCode::SUCCESS)
         }
         Command::Best { target, json } => {
-            let (store, info, spec) = open(&target)?;
-            let trials = store.trials(info.id)?;
-            let Some(best) = best_trial(&trials, spec.mode) else {
+            let view = view(&target)?;
+            let (info, spec, trials) = (&view.info, &view.spec, &view.trials);
+            let Some(best) = best_trial(trials, spec.mode) else {
                 eprintln!("experiment \"{}\" has no result for \"{}\" yet", info.name, spec.metric);
                 return Ok(ExitCode::FAILURE);
             };
             let (value, step) = best.best.expect("the best trial has a value");
-            let reports = store.reports(info.id, Some(best.id))?;
-            let metrics = reports
-                .into_iter()
-                .find(|(_, r)| r.step == step)
-                .map(|(_, r)| r.metrics)
-                .unwrap_or_default();
+            let metrics = match (&view.best_metrics, &view.store) {
+                (Some(all), _) => all
+                    .iter()
+                    .find(|(id, _)| *id == best.id)
+                    .map(|(_, m)| m.clone())
+                    .unwrap_or_default(),
+                (None, Some(store)) => store
+                    .reports(info.id, Some(best.id))?
+                    .into_iter()
+                    .find(|(_, r)| r.step == step)
+                    .map(|(_, r)| r.metrics)
+                    .unwrap_or_default(),
+                (None, None) => Default::default(),
+            };
             if json {
                 let metrics: serde_json::Map<String, Value> = metrics
                     .iter()
@@ -316,11 +632,10 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { target, format, output } => {
-            let (store, info, spec) = open(&target)?;
-            let trials = store.trials(info.id)?;
+            let view = view(&target)?;
             let text = match format {
-                Format::Csv => export_csv(&spec, &trials),
-                Format::Json => export_json(&spec, &trials),
+                Format::Csv => export_csv(&view.spec, &view.trials),
+                Format::Json => export_json(&view.spec, &view.trials),
             };
             match output {
                 Some(path) => std::fs::write(&path, text)
@@ -332,6 +647,58 @@ fn run(command: Command) -> Result<ExitCode, Error> {
     }
 }
 
+fn is_json(path: &Path) -> bool {
+    path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("json"))
+}
+
+/// The folder of a spec file, absolute.
+fn spec_folder(path: &Path) -> Result<PathBuf, Error> {
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    folder.canonicalize().map_err(|e| Error::Spec {
+        path: path.to_owned(),
+        message: format!("cannot resolve its folder: {e}"),
+    })
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "agent".into())
+}
+
+/// Prints an experiment's progress as the server reports it, until it ends.
+async fn watch_experiment(remote: &Remote, name: &str) -> Result<(), Error> {
+    let mut client = remote.experiments().await?;
+    let mut stream = client
+        .watch(remote.request(rung::tune_proto::v1::GetRequest { name: name.to_owned() }))
+        .await
+        .map_err(rung::remote::status_error)?
+        .into_inner();
+    while let Some(status) = stream.message().await.map_err(rung::remote::status_error)? {
+        let best = status
+            .best
+            .as_ref()
+            .map_or_else(|| "none yet".to_owned(), |b| format!("t{} {}={}", b.trial, status.metric, b.value));
+        let done = status.completed + status.stopped + status.sweep_ended + status.errored;
+        eprintln!(
+            "[rung] {}: {} · {done} done ({} completed, {} stopped, {} errored), {} running, {} waiting · best {best}",
+            status.name,
+            status.state,
+            status.completed,
+            status.stopped,
+            status.errored,
+            status.running,
+            status.waiting.len()
+        );
+        if status.state != "running" {
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -340,9 +707,9 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
-fn open(target: &Target) -> Result<(Store, ExperimentInfo, Spec), Error> {
-    let store = Store::open(&target.db)?;
-    let info = store.experiment(target.experiment.as_deref())?;
+fn open(db: &Path, experiment: Option<&str>) -> Result<(Store, ExperimentInfo, Spec), Error> {
+    let store = Store::open(db)?;
+    let info = store.experiment(experiment)?;
     let spec: Spec = serde_json::from_str(&info.spec).map_err(rung::CoreError::from)?;
     Ok((store, info, spec))
 }
@@ -443,7 +810,8 @@ fn finish(result: &SweepResult) -> ExitCode {
     }
 }
 
-fn print_status(db: &Path, info: &ExperimentInfo, spec: &Spec, trials: &[StoredTrial], json: bool) {
+fn print_status(view: &View, json: bool) {
+    let (info, spec, trials) = (&view.info, &view.spec, view.trials.as_slice());
     let mut counts = std::collections::BTreeMap::<&str, u64>::new();
     for label in [
         "pending",
@@ -460,23 +828,42 @@ fn print_status(db: &Path, info: &ExperimentInfo, spec: &Spec, trials: &[StoredT
         *counts.entry(trial.status.label()).or_default() += 1;
     }
     let best = best_trial(trials, spec.mode).map(|t| (t.id, t.best.expect("has a value")));
-    let state = if info.is_finished() { "finished" } else { "unfinished" };
+    let state = match &view.remote {
+        Some(status) => status.state.clone(),
+        None if info.is_finished() => "finished".into(),
+        None => "unfinished".into(),
+    };
+    let waiting: Vec<(String, String)> = view
+        .remote
+        .iter()
+        .flat_map(|s| &s.waiting)
+        .map(|w| (rung::TrialId(w.trial).to_string(), w.reason.clone()))
+        .collect();
     if json {
-        let out = json!({
+        let mut out = json!({
             "experiment": info.name, "state": state, "end_cause": info.end_cause, "seed": info.seed,
             "elapsed_s": info.elapsed_ms as f64 / 1000.0, "metric": spec.metric, "mode": spec.mode,
             "trials": trials.len(), "counts": counts,
             "best": best.map(|(trial, (value, step))| json!({"trial": trial.to_string(), "value": metrics_serde::encode(value), "step": step})),
         });
+        if let Some(status) = &view.remote {
+            out["waiting"] = waiting.iter().map(|(t, r)| json!({"trial": t, "reason": r})).collect();
+            out["agents"] = status
+                .agents
+                .iter()
+                .map(|a| json!({"id": a.id, "name": a.name, "inventory": a.inventory, "trials": a.trials, "connected": a.connected}))
+                .collect();
+        }
         println!("{}", serde_json::to_string_pretty(&out).expect("json"));
         return;
     }
     println!("experiment  {} (seed {})", info.name, info.seed);
-    match &info.end_cause {
-        Some(cause) if info.is_finished() => println!("state       finished: {cause}"),
+    match (&info.end_cause, &view.remote) {
+        (Some(cause), _) if info.is_finished() => println!("state       finished: {cause}"),
+        (_, Some(_)) => println!("state       {state} on {}", view.source),
         _ => println!(
             "state       unfinished — resume with: rung resume --db {}",
-            db.display()
+            view.source
         ),
     }
     println!("elapsed     {:.1}s", info.elapsed_ms as f64 / 1000.0);
@@ -497,6 +884,24 @@ fn print_status(db: &Path, info: &ExperimentInfo, spec: &Spec, trials: &[StoredT
             spec.metric, spec.mode
         ),
         None => println!("best        none yet"),
+    }
+    if let Some(status) = &view.remote {
+        for agent in &status.agents {
+            println!(
+                "agent       {} ({}): {} trial(s); {}{}",
+                agent.name,
+                agent.id,
+                agent.trials,
+                agent.inventory,
+                if agent.connected { "" } else { " — disconnected" }
+            );
+        }
+        if status.agents.is_empty() && status.state == "running" {
+            println!("agents      none registered (start one with: rung agent --controller {})", view.source);
+        }
+    }
+    for (trial, reason) in &waiting {
+        println!("waiting     {trial}: {reason}");
     }
 }
 

@@ -20,6 +20,7 @@
 //!
 //! [trial]
 //! command = ["python3", "train.py", "--lr", "{lr}"]
+//! resources = { cpu = 2, gpu = 0.5, memory = "8GiB" }   # or a list of bundles, with placement
 //! ```
 //!
 //! Unknown keys are errors (with line and column); every setting is validated when the spec is
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tune_core::controller::ControllerConfig;
+use tune_core::resources::{Bundle, Placement, ResourceRequest};
 use tune_core::runner::{placeholders, resolve_program};
 use tune_core::space::Space;
 use tune_core::trial::Mode;
@@ -110,6 +112,80 @@ pub struct TrialSpec {
     /// A built-in workload to run in virtual time with `rung simulate` (`learning-curve`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simulate: Option<String>,
+    /// What each trial needs: one bundle (`{ cpu = 2, gpu = 0.5, memory = "8GiB" }`) or a list
+    /// of them; `{ cpu = 1 }` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// How a trial's bundles are laid out over agents: `pack` (one agent, the default) or
+    /// `spread` (one agent per bundle).
+    #[serde(default, skip_serializing_if = "is_pack")]
+    pub placement: Placement,
+}
+
+fn is_pack(placement: &Placement) -> bool {
+    *placement == Placement::Pack
+}
+
+/// The `resources` of a trial: one bundle or a list of bundles.
+///
+/// Written as `resources = { cpu = 2, gpu = 0.5 }` or `resources = [{ gpu = 1 }, { gpu = 1 }]`.
+/// Reading it looks at the shape (table or list) first, so a wrong key inside a bundle is
+/// reported by name rather than as a mismatch of both forms.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Resources {
+    /// One bundle.
+    One(Bundle),
+    /// Several bundles.
+    Many(Vec<Bundle>),
+}
+
+impl Resources {
+    /// The bundles, in order.
+    pub fn bundles(&self) -> &[Bundle] {
+        match self {
+            Resources::One(bundle) => std::slice::from_ref(bundle),
+            Resources::Many(bundles) => bundles,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Resources {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct ResourcesVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for ResourcesVisitor {
+            type Value = Resources;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a bundle such as { cpu = 2, gpu = 0.5 } or a list of bundles")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<Resources, A::Error> {
+                Bundle::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Resources::One)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> std::result::Result<Resources, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(Resources::Many)
+            }
+        }
+
+        deserializer.deserialize_any(ResourcesVisitor)
+    }
+}
+
+impl TrialSpec {
+    /// What a trial asks of the agents: the `resources` bundles (one `{ cpu = 1 }` bundle when
+    /// absent) and the `placement`.
+    pub fn resource_request(&self) -> ResourceRequest {
+        ResourceRequest {
+            bundles: self
+                .resources
+                .as_ref()
+                .map_or_else(|| vec![Bundle::default()], |resources| resources.bundles().to_vec()),
+            placement: self.placement,
+        }
+    }
 }
 
 impl Default for TrialSpec {
@@ -122,6 +198,8 @@ impl Default for TrialSpec {
             env: BTreeMap::new(),
             workdir: None,
             simulate: None,
+            resources: None,
+            placement: Placement::Pack,
         }
     }
 }
@@ -195,6 +273,42 @@ impl Spec {
         }
         if !spec.trial.command.is_empty() {
             spec.validate_command()?;
+        }
+        Ok(spec)
+    }
+
+    /// A spec sent to a server (`rung serve SPEC`, `rung submit SPEC`): read like
+    /// [`Spec::load`] with `folder` as the spec file's folder, except that the program is not
+    /// looked up (it runs on the agents, not on the server) and `max_concurrent` defaults to 64
+    /// (the agents' resources bound what runs at once). A spec without a command is served to
+    /// workers that call `Trials.Ask`.
+    pub fn from_submitted(text: &str, json: bool, folder: &Path) -> Result<Spec> {
+        let parsed = if json {
+            Spec::from_json_str(text)
+        } else {
+            Spec::from_toml_str(text)
+        };
+        let mut spec = parsed.map_err(|message| Error::Spec {
+            path: folder.join("(submitted spec)"),
+            message,
+        })?;
+        spec.trial.workdir = Some(match &spec.trial.workdir {
+            Some(dir) => folder.join(dir),
+            None => folder.to_owned(),
+        });
+        if spec.max_concurrent.is_none() {
+            spec.max_concurrent = Some(64);
+        }
+        spec.resolve_defaults();
+        spec.validate()?;
+        if spec.trial.simulate.is_some() {
+            return Err(Error::Core(tune_core::Error::setting(
+                "trial.simulate",
+                "a simulated workload runs with `rung simulate`, not on a server",
+            )));
+        }
+        if !spec.trial.command.is_empty() {
+            spec.validate_placeholders()?;
         }
         Ok(spec)
     }
@@ -277,6 +391,17 @@ impl Spec {
                 "must be at least 1 (leave it out to keep every checkpoint), got 0".into(),
             );
         }
+        if let Some(resources) = &self.trial.resources {
+            if resources.bundles().is_empty() {
+                return bad(
+                    "trial.resources",
+                    "is an empty list: give at least one bundle, or leave it out for { cpu = 1 }".into(),
+                );
+            }
+            if let Err(message) = self.trial.resource_request().validate() {
+                return bad("trial.resources", message);
+            }
+        }
         if self.max_failed_trials == Some(0) {
             return bad("max_failed_trials", "must be at least 1, got 0".into());
         }
@@ -322,6 +447,12 @@ impl Spec {
             };
             return bad(format!("program \"{program}\" not found {where_}, or not executable"));
         }
+        self.validate_placeholders()
+    }
+
+    /// Checks that every `{name}` of the command names a parameter (or `config`, `trial_id`).
+    pub fn validate_placeholders(&self) -> Result<()> {
+        let bad = |message: String| Err(Error::Core(tune_core::Error::setting("trial.command", message)));
         let known = self.space.parameter_names();
         for arg in &self.trial.command {
             for name in placeholders(arg) {
@@ -504,6 +635,114 @@ stop_grace_s = 10
         );
         let with_hyperband = spec.replace("kind = \"fifo\"", "kind = \"hyperband\"\nmax_t = 81");
         Spec::from_toml_str(&with_hyperband).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn resources_are_one_bundle_or_a_list() {
+        let spec = Spec::from_toml_str(QUICK).unwrap();
+        assert_eq!(spec.trial.resources, None);
+        assert_eq!(spec.trial.resource_request(), ResourceRequest::default());
+        let with = |resources: &str| QUICK.replace("stop_grace_s = 10", &format!("stop_grace_s = 10\n{resources}"));
+        let spec = Spec::from_toml_str(&with(
+            r#"resources = { cpu = 2, gpu = 0.5, memory = "8GiB", custom = { nvme = 1 } }"#,
+        ))
+        .unwrap();
+        spec.validate().unwrap();
+        let bundle = Bundle {
+            cpu: 2.0,
+            gpu: 0.5,
+            memory: 8 << 30,
+            custom: BTreeMap::from([("nvme".to_owned(), 1.0)]),
+        };
+        assert_eq!(spec.trial.resources, Some(Resources::One(bundle.clone())));
+        assert_eq!(
+            spec.trial.resource_request(),
+            ResourceRequest {
+                bundles: vec![bundle],
+                placement: Placement::Pack,
+            }
+        );
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(
+            json.contains(r#""resources":{"cpu":2.0,"gpu":0.5,"memory":"8GiB","custom":{"nvme":1.0}}"#),
+            "{json}"
+        );
+        assert!(!json.contains("placement"), "{json}");
+        assert_eq!(Spec::from_json_str(&json).unwrap(), spec);
+
+        let spec =
+            Spec::from_toml_str(&with("resources = [{ gpu = 1 }, { gpu = 1 }]\nplacement = \"spread\"")).unwrap();
+        spec.validate().unwrap();
+        let gpu = Bundle {
+            gpu: 1.0,
+            ..Bundle::default()
+        };
+        assert_eq!(
+            spec.trial.resource_request(),
+            ResourceRequest {
+                bundles: vec![gpu.clone(), gpu],
+                placement: Placement::Spread,
+            }
+        );
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains(r#""placement":"spread""#), "{json}");
+        assert_eq!(Spec::from_json_str(&json).unwrap(), spec);
+
+        let tables = QUICK.replace(
+            "stop_grace_s = 10",
+            "stop_grace_s = 10\n\n[[trial.resources]]\ncpu = 4\n\n[[trial.resources]]\nmemory = 1024",
+        );
+        let spec = Spec::from_toml_str(&tables).unwrap();
+        assert_eq!(spec.trial.resource_request().bundles.len(), 2);
+        assert_eq!(spec.trial.resource_request().bundles[1].memory, 1024);
+    }
+
+    #[test]
+    fn bad_resources_are_named() {
+        let with = |resources: &str| QUICK.replace("stop_grace_s = 10", &format!("stop_grace_s = 10\n{resources}"));
+        let error = Spec::from_toml_str(&with("resources = { gpus = 1 }")).unwrap_err();
+        assert!(
+            error.contains("line 29")
+                && error.contains("unknown field `gpus`, expected one of `cpu`, `gpu`, `memory`, `custom`"),
+            "{error}"
+        );
+        let error = Spec::from_toml_str(&with("resources = [{ gpu = 1 }, { gpus = 1 }]")).unwrap_err();
+        assert!(error.contains("unknown field `gpus`"), "{error}");
+        let error = Spec::from_toml_str(&with("resources = { memory = \"8 gigs\" }")).unwrap_err();
+        assert!(
+            error.contains("invalid size \"8 gigs\": unknown unit \"gigs\""),
+            "{error}"
+        );
+        let error = Spec::from_toml_str(&with("resources = 2")).unwrap_err();
+        assert!(
+            error.contains("a bundle such as { cpu = 2, gpu = 0.5 } or a list of bundles"),
+            "{error}"
+        );
+        let error = Spec::from_toml_str(&with("placement = \"scatter\"")).unwrap_err();
+        assert!(
+            error.contains("unknown variant `scatter`, expected `pack` or `spread`"),
+            "{error}"
+        );
+
+        let check = |resources: &str| {
+            Spec::from_toml_str(&with(resources))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            check("resources = { gpu = 1.5 }"),
+            "setting \"trial.resources\": gpu = 1.5: a fraction of a GPU must be below 1, and more than one GPU must be a whole number"
+        );
+        assert_eq!(
+            check("resources = [{ gpu = 1 }, { cpu = -2 }]"),
+            "setting \"trial.resources\": bundle 1: cpu = -2: must be a finite number, at least 0"
+        );
+        assert_eq!(
+            check("resources = []"),
+            "setting \"trial.resources\": is an empty list: give at least one bundle, or leave it out for { cpu = 1 }"
+        );
     }
 
     #[test]

@@ -87,6 +87,12 @@ pub enum Outcome {
         /// What went wrong.
         reason: String,
     },
+    /// The machine running it was lost (a worker agent stopped renewing its lease): the trial
+    /// is relaunched from its last checkpoint, and this does not count as one of its failures.
+    Lost {
+        /// Which machine, and how it was lost.
+        reason: String,
+    },
 }
 
 /// A checkpoint of a trial.
@@ -783,7 +789,8 @@ impl Controller {
                 self.finish_trial(trial, TrialStatus::Errored, Some(error), commands);
             }
             Outcome::Success => self.finish_trial(trial, TrialStatus::Terminated(EndReason::Completed), None, commands),
-            Outcome::Failed { reason } => {
+            Outcome::Lost { .. } if self.ending.is_none() => self.launch(trial, commands),
+            Outcome::Lost { reason } | Outcome::Failed { reason } => {
                 state.failures += 1;
                 if state.failures <= self.config.max_failures && self.ending.is_none() {
                     state.error = Some(reason.clone());
@@ -1149,6 +1156,39 @@ mod tests {
             panic!()
         };
         assert_eq!(row.error.as_deref(), Some("exit code 3 (after 2 attempts)"));
+    }
+
+    #[test]
+    fn a_lost_machine_relaunches_from_the_checkpoint_without_counting_a_failure() {
+        let mut c = controller(ControllerConfig {
+            max_trials: Some(1),
+            max_failures: 0,
+            ..config()
+        });
+        c.handle(&Event::Start, T0);
+        c.handle(
+            &Event::Reported {
+                trial: TrialId(1),
+                report: Report {
+                    step: 2,
+                    metrics: Metrics::from([("loss".into(), 0.5)]),
+                },
+                checkpoint: Some("/ck/2".into()),
+            },
+            T0,
+        );
+        let lost = || Outcome::Lost {
+            reason: "agent a1 lost".into(),
+        };
+        // Lost twice with max_failures = 0: still relaunched each time, never errored.
+        assert_eq!(launches(&c.handle(&exit(1, lost()), T0)), [(1, 1, Some(2))]);
+        assert_eq!(launches(&c.handle(&exit(1, lost()), T0)), [(1, 2, Some(2))]);
+        assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Running));
+        c.handle(&exit(1, Outcome::Success), T0);
+        assert_eq!(
+            c.status(TrialId(1)),
+            Some(TrialStatus::Terminated(EndReason::Completed))
+        );
     }
 
     #[test]

@@ -70,16 +70,29 @@ impl TrialLink {
     /// Reports a result and waits for the decision, which comes once the report is committed.
     /// When the sweep is gone the answer is [`Decision::Stop`].
     pub async fn report(&self, report: Report, checkpoint: Option<String>) -> Decision {
+        self.send_report(report, checkpoint).await
+    }
+
+    /// Sends a report to the driver now, and returns what resolves to its decision. Reports sent
+    /// one after another reach the driver in that order, however their answers are awaited.
+    pub fn send_report(
+        &self,
+        report: Report,
+        checkpoint: Option<String>,
+    ) -> impl Future<Output = Decision> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         let event = Event::Reported {
             trial: self.trial,
             report,
             checkpoint,
         };
-        if self.driver.send(Inbound::Event(event, Some(reply))).is_err() {
-            return Decision::Stop;
+        let sent = self.driver.send(Inbound::Event(event, Some(reply))).is_ok();
+        async move {
+            if !sent {
+                return Decision::Stop;
+            }
+            answer.await.unwrap_or(Decision::Stop)
         }
-        answer.await.unwrap_or(Decision::Stop)
     }
 
     /// Resolves when the driver asks this trial to stop (or the driver is gone).

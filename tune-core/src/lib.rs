@@ -9,6 +9,7 @@ pub mod controller;
 pub mod driver;
 pub mod error;
 pub mod protocol;
+pub mod resources;
 pub mod rng;
 pub mod runner;
 pub mod scheduler;

@@ -141,6 +141,37 @@ impl Runner for ProcessRunner {
     }
 }
 
+/// Where a trial process's reports go: the driver ([`TrialLink`]) for local sweeps, the
+/// controller's session for a worker agent.
+pub trait TrialSink: Send {
+    /// Hands over a report (and the checkpoint committed with it) and returns the decision. A
+    /// sink that answers later returns [`Decision::Continue`] and stops the trial through
+    /// [`TrialSink::stop_requested`] instead.
+    fn report(&mut self, report: Report, checkpoint: Option<String>) -> impl Future<Output = Decision> + Send;
+
+    /// Resolves when the trial must stop.
+    fn stop_requested(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// The process started with this id.
+    fn started(&mut self, _pid: u32) {}
+}
+
+impl TrialSink for TrialLink {
+    fn report(&mut self, report: Report, checkpoint: Option<String>) -> impl Future<Output = Decision> + Send {
+        TrialLink::report(self, report, checkpoint)
+    }
+
+    fn stop_requested(&mut self) -> impl Future<Output = ()> + Send {
+        TrialLink::stop_requested(self)
+    }
+}
+
+/// Runs one launch of a trial as a process of `config` to its end, sending its reports to `sink`:
+/// what [`ProcessRunner`] does for each trial, for runners that live elsewhere (a worker agent).
+pub async fn run_process<S: TrialSink>(config: &ProcessConfig, launch: &Launch, sink: &mut S) -> Outcome {
+    run_process_inner(config, launch, sink).await
+}
+
 async fn open_log(path: &Path) -> Option<tokio::fs::File> {
     match tokio::fs::OpenOptions::new().create(true).append(true).open(path).await {
         Ok(file) => Some(file),
@@ -157,7 +188,7 @@ async fn log_line(log: &mut Option<tokio::fs::File>, line: &str) {
     }
 }
 
-async fn run_process(config: &ProcessConfig, launch: &Launch, link: &mut TrialLink) -> Outcome {
+async fn run_process_inner<S: TrialSink>(config: &ProcessConfig, launch: &Launch, link: &mut S) -> Outcome {
     let trial = launch.trial;
     let files = TrialFiles::new(&config.trials_root, trial);
     if let Err(error) = files.prepare() {
@@ -217,6 +248,9 @@ async fn run_process(config: &ProcessConfig, launch: &Launch, link: &mut TrialLi
             };
         }
     };
+    if let Some(pid) = child.id() {
+        link.started(pid);
+    }
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let (log_sender, mut log_receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -332,6 +366,11 @@ async fn run_process(config: &ProcessConfig, launch: &Launch, link: &mut TrialLi
             reason: format!("could not wait for the trial: {error}"),
         },
     }
+}
+
+/// Kills a trial's whole process group at once (SIGKILL), for a launch that must not run on.
+pub fn kill_process_group(pid: u32) {
+    sys::signal_group(pid, sys::SIGKILL);
 }
 
 /// SIGTERM to the trial's process group, SIGKILL after `grace`.

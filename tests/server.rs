@@ -1,0 +1,578 @@
+//! Server mode over loopback: `rung serve` and `rung agent` processes, ports chosen by the OS.
+//!
+//! Trials are `tests/fixtures/agent_trial.py`, which appends one line per step to a ledger
+//! (time, experiment, trial, launch, agent, CUDA_VISIBLE_DEVICES, step): the tests read it to
+//! prove what ran where and when, independently of what the controller believes.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rung::remote::Remote;
+use rung::tune_core::store::Store;
+use rung::tune_proto::v1;
+use rung::tune_proto::v1::trials_client::TrialsClient;
+
+/// A child process killed when dropped, whose stderr is kept (and echoed on failure).
+struct Proc {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    name: String,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut command: Command) -> Proc {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rung starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc {
+            child,
+            log,
+            name: name.to_owned(),
+        }
+    }
+
+    fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} never printed {needle:?}; it printed:\n{}", self.name, self.dump());
+    }
+
+    fn dump(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as i32;
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- {} ----\n{}", self.name, self.dump());
+        }
+    }
+}
+
+fn rung() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rung"))
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/agent_trial.py")
+}
+
+/// Starts `rung serve` on `listen` (port 0: any) and returns it with its URL.
+fn serve(dir: &Path, listen: &str, extra: &[&str]) -> (Proc, String) {
+    let mut command = rung();
+    command
+        .args(["-v", "serve", "--db"])
+        .arg(dir.join("server.db"))
+        .args(["--listen", listen, "--lease-s", "2", "--heartbeat-s", "0.4"])
+        .args(extra)
+        .current_dir(dir);
+    let server = Proc::spawn("server", command);
+    let line = server.wait_for_line("serving", Duration::from_secs(30));
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http"))
+        .expect("the URL is printed")
+        .to_owned();
+    (server, url)
+}
+
+fn agent(dir: &Path, url: &str, name: &str, gpus: u32, extra: &[&str]) -> Proc {
+    let mut command = rung();
+    command
+        .args(["-v", "agent", "--controller", url, "--name", name, "--cpus", "8"])
+        .args([
+            "--gpus",
+            &if gpus == 0 { "none".to_owned() } else { format!("fake:{gpus}") },
+        ])
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .args(extra)
+        .env("TRIAL_LEDGER", dir.join("ledger.txt"))
+        .env("TRIAL_SLEEP", "0.02")
+        .current_dir(dir);
+    Proc::spawn(name, command)
+}
+
+fn asha_spec(dir: &Path, name: &str, samples: u32, resources: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"name = "{name}"
+metric = "loss"
+mode = "min"
+num_samples = {samples}
+max_concurrent = 16
+seed = 11
+
+[space]
+lr = {{ uniform = [0.0, 1.0] }}
+
+[scheduler]
+kind = "asha"
+max_t = 9
+grace_period = 1
+reduction_factor = 3
+
+[trial]
+command = ["python3", "{script}"]
+resources = {resources}
+stop_grace_s = 2
+"#,
+            script = fixture().display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn status(url: &str, token: Option<&str>, name: &str) -> v1::ExperimentStatus {
+    let remote = Remote {
+        url: url.to_owned(),
+        token: token.map(str::to_owned),
+        ca_cert: None,
+    };
+    runtime().block_on(async {
+        let mut client = remote.experiments().await.unwrap();
+        client
+            .get(remote.request(v1::GetRequest { name: name.to_owned() }))
+            .await
+            .unwrap()
+            .into_inner()
+    })
+}
+
+fn wait_until_finished(url: &str, name: &str, timeout: Duration, procs: &[&Proc]) -> v1::ExperimentStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = status(url, None, name);
+        if status.state != "running" {
+            return status;
+        }
+        if Instant::now() > deadline {
+            for proc in procs {
+                eprintln!("---- {} ----\n{}", proc.name, proc.dump());
+            }
+            panic!("{name} did not finish in {timeout:?}: {status:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One ledger line.
+#[derive(Debug, Clone)]
+struct Step {
+    time: u64,
+    experiment: String,
+    trial: String,
+    attempt: u32,
+    agent: String,
+    devices: String,
+    /// The step; 0 for the line a process writes when it starts, and for its last line.
+    step: u64,
+}
+
+fn ledger(dir: &Path) -> Vec<Step> {
+    let text = std::fs::read_to_string(dir.join("ledger.txt")).unwrap_or_default();
+    let mut steps: Vec<Step> = text
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            (f.len() == 7).then(|| Step {
+                time: f[0].parse().unwrap(),
+                experiment: f[1].into(),
+                trial: f[2].into(),
+                attempt: f[3].parse().unwrap(),
+                agent: f[4].into(),
+                devices: f[5].into(),
+                step: f[6].parse().unwrap_or(0),
+            })
+        })
+        .collect();
+    steps.sort_by_key(|s| s.time);
+    steps
+}
+
+/// Each launch's span in the ledger: (experiment, trial, attempt) → (first, last, agent, devices).
+fn spans(steps: &[Step]) -> BTreeMap<(String, String, u32), (u64, u64, String, String)> {
+    let mut spans = BTreeMap::new();
+    for s in steps {
+        let entry = spans
+            .entry((s.experiment.clone(), s.trial.clone(), s.attempt))
+            .or_insert((s.time, s.time, s.agent.clone(), s.devices.clone()));
+        entry.0 = entry.0.min(s.time);
+        entry.1 = entry.1.max(s.time);
+    }
+    spans
+}
+
+/// The most launches that ever ran at once on one device of one agent (launch spans
+/// overlapping in time).
+fn max_sharing(steps: &[Step]) -> HashMap<(String, String), usize> {
+    let mut events: Vec<(u64, i64, (String, String))> = Vec::new();
+    for ((_, _, _), (first, last, agent, devices)) in spans(steps) {
+        for device in devices.split(',').filter(|d| *d != "-") {
+            events.push((first, 1, (agent.clone(), device.to_owned())));
+            events.push((last, -1, (agent.clone(), device.to_owned())));
+        }
+    }
+    // At equal times, starts before ends: touching launches count as overlapping.
+    events.sort_by_key(|(time, delta, _)| (*time, -*delta));
+    let mut now: HashMap<(String, String), i64> = HashMap::new();
+    let mut most: HashMap<(String, String), usize> = HashMap::new();
+    for (_, delta, key) in events {
+        let count = now.entry(key.clone()).or_default();
+        *count += delta;
+        let peak = most.entry(key).or_default();
+        *peak = (*peak).max(*count as usize);
+    }
+    most
+}
+
+/// For every trial, its launches never overlap in time: one ends before the next starts.
+fn assert_no_trial_ran_twice_at_once(steps: &[Step]) {
+    let mut by_trial: BTreeMap<(String, String), Vec<(u64, u64, u32)>> = BTreeMap::new();
+    for ((experiment, trial, attempt), (first, last, _, _)) in spans(steps) {
+        by_trial.entry((experiment, trial)).or_default().push((first, last, attempt));
+    }
+    for (trial, mut launches) in by_trial {
+        launches.sort();
+        for pair in launches.windows(2) {
+            assert!(
+                pair[0].1 < pair[1].0,
+                "{trial:?}: launch {} (until {}) overlaps launch {} (from {})",
+                pair[0].2,
+                pair[0].1,
+                pair[1].2,
+                pair[1].0
+            );
+        }
+    }
+}
+
+/// Every trial's stored reports are steps 1, 2, ... n with no gap (nothing lost).
+fn assert_reports_complete(db: &Path, experiment: &str) -> usize {
+    let store = Store::open(db).unwrap();
+    let info = store.experiment(Some(experiment)).unwrap();
+    let trials = store.trials(info.id).unwrap();
+    let reports = store.reports(info.id, None).unwrap();
+    let mut steps: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (trial, report) in &reports {
+        steps.entry(trial.0).or_default().push(report.step);
+    }
+    for trial in &trials {
+        let got = steps.get(&trial.id.0).cloned().unwrap_or_default();
+        let expected: Vec<u64> = (1..=got.len() as u64).collect();
+        assert_eq!(got, expected, "{} reports", trial.id);
+        assert!(trial.status.is_final(), "{} is {:?}", trial.id, trial.status);
+    }
+    trials.len()
+}
+
+#[test]
+fn three_agents_run_a_gpu_sweep_without_overcommitting_a_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let spec = asha_spec(dir, "gpu-asha", 200, "{ cpu = 0.5, gpu = 0.25 }");
+    let (server, url) = serve(dir, "127.0.0.1:0", &[spec.to_str().unwrap()]);
+    let a = agent(dir, &url, "two-gpus", 2, &[]);
+    let b = agent(dir, &url, "one-gpu", 1, &[]);
+    let c = agent(dir, &url, "no-gpu", 0, &[]);
+
+    // A second experiment asks for more than any agent has: it waits, with the reason.
+    let big = asha_spec(dir, "too-big", 2, "{ gpu = 4 }");
+    let submitted = rung()
+        .args(["submit", big.to_str().unwrap(), "--server", &url])
+        .output()
+        .unwrap();
+    assert!(submitted.status.success(), "{submitted:?}");
+    assert_eq!(String::from_utf8_lossy(&submitted.stdout).trim(), "too-big");
+
+    let done = wait_until_finished(&url, "gpu-asha", Duration::from_secs(240), &[&server, &a, &b, &c]);
+    assert_eq!(done.state, "finished", "{done:?}");
+    assert_eq!(done.created, 200);
+    assert_eq!(done.completed + done.stopped, 200, "{done:?}");
+    assert_eq!(assert_reports_complete(&dir.join("server.db"), "gpu-asha"), 200);
+
+    let steps: Vec<Step> = ledger(dir).into_iter().filter(|s| s.experiment == "gpu-asha").collect();
+    // No device ever held more than four 0.25 trials, and the GPU-less agent ran none.
+    let sharing = max_sharing(&steps);
+    assert!(!sharing.is_empty());
+    for ((agent, device), most) in &sharing {
+        assert!(*most <= 4, "{agent} device {device} ran {most} trials at once");
+        assert_ne!(agent, "no-gpu");
+    }
+    assert!(sharing.values().any(|&most| most >= 2), "fractional trials shared a device: {sharing:?}");
+    let devices: std::collections::BTreeSet<_> = sharing.keys().cloned().collect();
+    assert!(devices.contains(&("two-gpus".into(), "1".into())), "{devices:?}");
+    assert!(devices.contains(&("one-gpu".into(), "0".into())), "{devices:?}");
+    assert_no_trial_ran_twice_at_once(&steps);
+
+    let waiting = status(&url, None, "too-big");
+    assert_eq!(waiting.state, "running");
+    assert!(
+        waiting
+            .waiting
+            .iter()
+            .any(|w| w.reason.contains("needs gpu=4 on one agent; largest agent has 2")),
+        "{waiting:?}"
+    );
+    // The CLI shows the same, read from the server.
+    let shown = rung()
+        .args(["status", "--server", &url, "--experiment", "too-big"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("needs gpu=4 on one agent; largest agent has 2"), "{shown}");
+    assert!(shown.contains("two-gpus"), "{shown}");
+}
+
+#[test]
+fn a_killed_agent_s_trials_resume_elsewhere_and_a_restarted_controller_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let spec = asha_spec(dir, "survive", 40, "{ cpu = 1, gpu = 0.5 }");
+    let (mut server, url) = serve(dir, "127.0.0.1:0", &[spec.to_str().unwrap()]);
+    let port = url.rsplit(':').next().unwrap().to_owned();
+    let mut doomed = agent(dir, &url, "doomed", 2, &[]);
+    let keeper = agent(dir, &url, "keeper", 2, &[]);
+
+    // Kill one agent once it has run a few checkpoints' worth.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ledger(dir).iter().any(|s| s.agent == "doomed" && s.step >= 4) {
+        assert!(Instant::now() < deadline, "the doomed agent never ran a trial");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    doomed.kill();
+
+    // Then kill the controller (SIGKILL) and start it again on the same port.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ledger(dir).iter().any(|s| s.agent == "keeper" && s.attempt >= 1) {
+        assert!(
+            Instant::now() < deadline,
+            "no trial of the killed agent was relaunched:\n{}",
+            server.dump()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let (server, url2) = serve(dir, &format!("127.0.0.1:{port}"), &[spec.to_str().unwrap()]);
+    assert_eq!(url, url2);
+
+    let done = wait_until_finished(&url, "survive", Duration::from_secs(240), &[&server, &keeper]);
+    assert_eq!(done.state, "finished", "{done:?}");
+    assert_eq!(done.completed + done.stopped, 40, "{done:?}");
+    assert_eq!(assert_reports_complete(&dir.join("server.db"), "survive"), 40);
+    let steps = ledger(dir);
+    assert_no_trial_ran_twice_at_once(&steps);
+    // A relaunched trial started from its checkpoint (step 3, 6, ...), not from scratch.
+    let spans = spans(&steps);
+    let mut first_steps: BTreeMap<(String, String, u32), u64> = BTreeMap::new();
+    for s in steps.iter().filter(|s| s.step > 0) {
+        first_steps
+            .entry((s.experiment.clone(), s.trial.clone(), s.attempt))
+            .or_insert(s.step);
+    }
+    let resumed_from_checkpoint = spans
+        .iter()
+        .filter(|((_, _, attempt), (_, _, agent, _))| *attempt >= 1 && agent == "keeper")
+        .any(|(key, _)| first_steps.get(key).is_some_and(|&step| step > 1));
+    assert!(resumed_from_checkpoint, "no relaunch restored a checkpoint");
+    assert!(server.dump().contains("agent registered"), "{}", server.dump());
+}
+
+#[test]
+fn tokens_are_required_and_garbage_does_not_take_the_server_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    std::fs::write(dir.join("token"), "s3cret-token\n").unwrap();
+    let spec = asha_spec(dir, "guarded", 4, "{ cpu = 1 }");
+    let (server, url) = serve(dir, "127.0.0.1:0", &["--token-file", "token", spec.to_str().unwrap()]);
+
+    // No token, a wrong token: UNAUTHENTICATED, and the CLI says what to do.
+    for token in [None, Some("wrong")] {
+        let remote = Remote {
+            url: url.clone(),
+            token: token.map(str::to_owned),
+            ca_cert: None,
+        };
+        let error = runtime().block_on(async {
+            let mut client = remote.experiments().await.unwrap();
+            client
+                .get(remote.request(v1::GetRequest::default()))
+                .await
+                .unwrap_err()
+        });
+        assert_eq!(error.code(), tonic::Code::Unauthenticated, "{error:?}");
+    }
+    let refused = rung().args(["status", "--server", &url]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--token-file"), "{refused:?}");
+    assert!(server.dump().contains("rejected a call with no token"), "{}", server.dump());
+
+    // Garbage on the port, a half-open HTTP/2 preface, an oversized gRPC frame.
+    let address = url.trim_start_matches("http://").to_owned();
+    for junk in [
+        b"\x00\xff garbage \r\n\r\n".to_vec(),
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00".to_vec(),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        vec![0xAB; 1 << 16],
+    ] {
+        let mut socket = std::net::TcpStream::connect(&address).unwrap();
+        let _ = socket.write_all(&junk);
+        drop(socket);
+    }
+
+    // The server still answers, and an agent with the token runs the sweep to its end.
+    let keeper = agent(dir, &url, "with-token", 0, &["--token-file", "token"]);
+    let done = runtime().block_on(async {
+        let remote = Remote {
+            url: url.clone(),
+            token: Some("s3cret-token".into()),
+            ca_cert: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let mut client = remote.experiments().await.unwrap();
+            let status = client
+                .get(remote.request(v1::GetRequest { name: "guarded".into() }))
+                .await
+                .unwrap()
+                .into_inner();
+            if status.state != "running" || Instant::now() > deadline {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert_eq!(done.state, "finished", "{done:?}\n{}", keeper.dump());
+    assert_eq!(done.completed + done.stopped, 4);
+}
+
+#[test]
+fn external_workers_ask_report_idempotently_and_get_precise_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let spec = dir.join("ask.toml");
+    std::fs::write(
+        &spec,
+        "name = \"ask\"\nmetric = \"loss\"\nmode = \"min\"\nnum_samples = 2\nmax_concurrent = 1\nseed = 3\n\n[space]\nlr = { uniform = [0.0, 1.0] }\n",
+    )
+    .unwrap();
+    let (server, url) = serve(dir, "127.0.0.1:0", &[spec.to_str().unwrap()]);
+    runtime().block_on(async {
+        let remote = Remote {
+            url: url.clone(),
+            token: None,
+            ca_cert: None,
+        };
+        let mut trials = TrialsClient::new(remote.channel().await.unwrap());
+        let asked = trials
+            .ask(v1::AskRequest {
+                experiment: "ask".into(),
+                worker: "notebook".into(),
+                wait_ms: 5_000,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let assignment = asked.assignment.expect("a trial to run");
+        let reference = assignment.trial.clone().unwrap();
+        let config: serde_json::Value = serde_json::from_str(&assignment.config_json).unwrap();
+        assert!(config["lr"].as_f64().is_some(), "{config}");
+        let report = |step: u64, loss: f64| v1::ReportRequest {
+            trial: Some(reference.clone()),
+            step,
+            metrics: [("loss".to_owned(), loss)].into(),
+            checkpoint: String::new(),
+        };
+        let first = trials.report(report(1, 0.5)).await.unwrap().into_inner();
+        assert_eq!(first.decision(), v1::Decision::Continue);
+        assert!(!first.duplicate);
+        // A retried report is acknowledged, not counted twice.
+        let again = trials.report(report(1, 0.1)).await.unwrap().into_inner();
+        assert!(again.duplicate);
+        // Non-finite metrics, an unknown trial, a missing experiment.
+        let error = trials.report(report(2, f64::INFINITY)).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
+        assert!(error.message().contains("\"loss\" is inf"), "{error:?}");
+        let mut unknown = report(1, 0.5);
+        unknown.trial.as_mut().unwrap().trial = 99;
+        let error = trials.report(unknown).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::NotFound, "{error:?}");
+        let mut nowhere = report(1, 0.5);
+        nowhere.trial.as_mut().unwrap().experiment = "nope".into();
+        assert_eq!(trials.report(nowhere).await.unwrap_err().code(), tonic::Code::NotFound);
+        // A checkpoint must name a reported step.
+        let error = trials
+            .checkpoint(v1::CheckpointRequest {
+                trial: Some(reference.clone()),
+                checkpoint: Some(v1::CheckpointLocation {
+                    step: 5,
+                    path: "/ck/5".into(),
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error:?}");
+        trials
+            .finish(v1::FinishRequest {
+                trial: Some(reference.clone()),
+                success: true,
+                reason: String::new(),
+            })
+            .await
+            .unwrap();
+        // A report for a finished trial.
+        let error = trials.report(report(2, 0.4)).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error:?}");
+    });
+    let db = dir.join("server.db");
+    let store = Store::open(&db).unwrap();
+    let info = store.experiment(Some("ask")).unwrap();
+    let reports = store.reports(info.id, None).unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].1.metrics["loss"], 0.5, "the first value stands");
+    drop(server);
+}

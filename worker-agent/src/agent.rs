@@ -1,0 +1,472 @@
+//! The agent daemon: register, keep one session with the controller, run what it places here.
+//!
+//! Trials run with tune-core's local-process runner and protocol (`rung:report` lines), with
+//! `CUDA_VISIBLE_DEVICES` set to the devices of their bundle. Their reports are numbered and
+//! kept until the controller acknowledges them, so a lost connection loses nothing: the agent
+//! keeps its trials running, reconnects with backoff, says what it still runs (the controller
+//! keeps or kills each) and sends again what was not acknowledged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tune_core::controller::{CheckpointRef, Launch, Outcome};
+use tune_core::resources::Inventory;
+use tune_core::runner::{ProcessConfig, TrialSink, run_process};
+use tune_core::trial::{Decision, Report, TrialId};
+use tune_core::value::Config;
+use tune_proto::v1;
+use tune_proto::v1::agents_client::AgentsClient;
+
+/// Everything an agent needs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The controller's URL (`http://host:7470`, or `https://` with TLS).
+    pub controller: String,
+    /// The bearer token, when the controller has one.
+    pub token: Option<String>,
+    /// A PEM CA certificate to trust for `https://` (default: the system's roots are not used;
+    /// a private CA is the norm for a cluster).
+    pub ca_cert: Option<PathBuf>,
+    /// The name shown in `rung status`.
+    pub name: String,
+    /// Trial folders (checkpoints, logs) go under `<work_dir>/<experiment>/<trial>/`.
+    pub work_dir: PathBuf,
+    /// What this machine offers.
+    pub inventory: Inventory,
+}
+
+/// Why an agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The controller URL or TLS settings are wrong.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A trial this agent runs.
+struct Running {
+    attempt: u32,
+    pid: Option<u32>,
+    stop: watch::Sender<bool>,
+    /// Its exit was reported but not yet acknowledged.
+    exited: bool,
+}
+
+#[derive(Default)]
+struct State {
+    id: Option<String>,
+    trials: HashMap<(String, u64), Running>,
+    unacked: BTreeMap<u64, v1::AgentMessage>,
+    /// Which trial each unacknowledged report is of (to stop it on a STOP/PAUSE answer).
+    report_of: HashMap<u64, (String, u64, u32)>,
+    next_seq: u64,
+    session: Option<mpsc::UnboundedSender<v1::AgentMessage>>,
+}
+
+struct Shared {
+    config: AgentConfig,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Numbers a message, keeps it until acknowledged, and sends it if a session is open.
+    fn send_reliably(&self, build: impl FnOnce(u64) -> v1::AgentMessage, trial: Option<(String, u64, u32)>) {
+        let mut state = self.state();
+        state.next_seq += 1;
+        let seq = state.next_seq;
+        let message = build(seq);
+        state.unacked.insert(seq, message.clone());
+        if let Some(trial) = trial {
+            state.report_of.insert(seq, trial);
+        }
+        if let Some(session) = &state.session {
+            let _ = session.send(message);
+        }
+    }
+
+    fn send_now(&self, message: v1::AgentMessage) {
+        if let Some(session) = &self.state().session {
+            let _ = session.send(message);
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves; then stops its trials (SIGTERM, SIGKILL after their
+/// grace) and reports their exits before returning.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let endpoint = endpoint(&config)?;
+    std::fs::create_dir_all(&config.work_dir)
+        .map_err(|e| AgentError::Setup(format!("cannot create --work-dir {}: {e}", config.work_dir.display())))?;
+    let shared = Arc::new(Shared {
+        config,
+        state: Mutex::new(State::default()),
+    });
+    let sessions = {
+        let shared = Arc::clone(&shared);
+        async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match session(&shared, endpoint.clone()).await {
+                    Ok(()) => backoff = Duration::from_millis(100),
+                    Err(why) => {
+                        tracing::warn!(controller = %shared.config.controller, %why, retry_in = ?backoff, "no session with the controller");
+                    }
+                }
+                shared.state().session = None;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    tokio::select! {
+        () = sessions => unreachable!("the session loop never ends"),
+        () = shutdown => {}
+    }
+    // Stop what runs; give the exits a moment to reach the controller.
+    let stops: Vec<watch::Sender<bool>> = shared.state().trials.values().map(|t| t.stop.clone()).collect();
+    for stop in &stops {
+        let _ = stop.send(true);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if shared.state().trials.values().all(|t| t.exited) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn endpoint(config: &AgentConfig) -> Result<Endpoint, AgentError> {
+    let mut endpoint = Endpoint::from_shared(config.controller.clone())
+        .map_err(|e| AgentError::Setup(format!("--controller {}: {e}", config.controller)))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if config.controller.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(path) = &config.ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| AgentError::Setup(format!("cannot read --ca-cert {}: {e}", path.display())))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| AgentError::Setup(format!("TLS for {}: {e}", config.controller)))?;
+    }
+    Ok(endpoint)
+}
+
+fn with_token<T>(token: &Option<String>, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token
+        && let Ok(value) = format!("Bearer {token}").parse()
+    {
+        request.metadata_mut().insert(tune_proto::AUTHORIZATION, value);
+    }
+    request
+}
+
+/// One session: register, hello, resend, then serve until the stream breaks.
+async fn session(shared: &Arc<Shared>, endpoint: Endpoint) -> Result<(), String> {
+    let channel: Channel = endpoint.connect().await.map_err(|e| format!("cannot connect: {e}"))?;
+    let mut client = AgentsClient::new(channel);
+    let config = &shared.config;
+    let previous = shared.state().id.clone().unwrap_or_default();
+    let registered = client
+        .register(with_token(
+            &config.token,
+            v1::RegisterRequest {
+                name: config.name.clone(),
+                inventory: Some(inventory_to_proto(&config.inventory)),
+                previous_id: previous,
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+        ))
+        .await
+        .map_err(|status| format!("register: {}", status.message()))?
+        .into_inner();
+    let heartbeat = Duration::from_millis(u64::from(registered.heartbeat_ms.max(100)));
+    let (sender, outbound) = mpsc::unbounded_channel();
+    {
+        let mut state = shared.state();
+        state.id = Some(registered.agent_id.clone());
+        let running = state
+            .trials
+            .iter()
+            .map(|((experiment, trial), running)| v1::RunningTrial {
+                trial: Some(v1::TrialRef {
+                    experiment: experiment.clone(),
+                    trial: *trial,
+                    attempt: running.attempt,
+                }),
+                pid: running.pid.unwrap_or(0),
+            })
+            .collect();
+        let _ = sender.send(v1::AgentMessage {
+            body: Some(v1::agent_message::Body::Hello(v1::Hello {
+                agent_id: registered.agent_id.clone(),
+                running,
+            })),
+        });
+        for message in state.unacked.values() {
+            let _ = sender.send(message.clone());
+        }
+        state.session = Some(sender.clone());
+    }
+    tracing::info!(agent = %registered.agent_id, controller = %config.controller, "session open");
+    let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(outbound);
+    let mut inbound = client
+        .session(with_token(&config.token, stream))
+        .await
+        .map_err(|status| format!("session: {}", status.message()))?
+        .into_inner();
+    let mut ticker = tokio::time::interval(heartbeat);
+    loop {
+        tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(message)) => handle(shared, message),
+                Ok(None) => return Err("the controller closed the session".into()),
+                Err(status) => return Err(format!("session: {}", status.message())),
+            },
+            _ = ticker.tick() => {
+                let _ = sender.send(v1::AgentMessage { body: Some(v1::agent_message::Body::Heartbeat(v1::Heartbeat {})) });
+            }
+        }
+    }
+}
+
+fn handle(shared: &Arc<Shared>, message: v1::ControllerMessage) {
+    use v1::controller_message::Body;
+    match message.body {
+        Some(Body::Launch(launch)) => start_trial(shared, launch),
+        Some(Body::Stop(stop)) => {
+            let Some(reference) = stop.trial else { return };
+            let state = shared.state();
+            let key = (reference.experiment.clone(), reference.trial);
+            match state.trials.get(&key) {
+                Some(running) if running.attempt == reference.attempt => {
+                    tracing::info!(experiment = %key.0, trial = key.1, reason = %stop.reason, kill = stop.kill, "stopping a trial");
+                    if stop.kill
+                        && let Some(pid) = running.pid
+                    {
+                        tune_core::runner::kill_process_group(pid);
+                    }
+                    let _ = running.stop.send(true);
+                }
+                _ => {}
+            }
+        }
+        Some(Body::Ack(ack)) => {
+            let mut state = shared.state();
+            state.unacked.remove(&ack.seq);
+            let trial = state.report_of.remove(&ack.seq);
+            let decision = v1::Decision::try_from(ack.decision).unwrap_or(v1::Decision::Continue);
+            if let Some((experiment, trial, attempt)) = trial {
+                if matches!(decision, v1::Decision::Stop | v1::Decision::Pause)
+                    && let Some(running) = state.trials.get(&(experiment, trial))
+                    && running.attempt == attempt
+                {
+                    let _ = running.stop.send(true);
+                }
+            } else {
+                // The acknowledgement of an exit: the trial is done here.
+                state.trials.retain(|_, running| !running.exited || running_has_unacked_exit(running));
+            }
+        }
+        None => {}
+    }
+}
+
+fn running_has_unacked_exit(_running: &Running) -> bool {
+    false
+}
+
+fn start_trial(shared: &Arc<Shared>, launch: v1::Launch) {
+    let Some(reference) = launch.trial.clone() else { return };
+    let key = (reference.experiment.clone(), reference.trial);
+    let (stop, stop_requested) = watch::channel(false);
+    {
+        let mut state = shared.state();
+        if let Some(running) = state.trials.get(&key)
+            && running.attempt == reference.attempt
+        {
+            return; // sent again after a reconnect; it already runs
+        }
+        state.trials.insert(
+            key.clone(),
+            Running {
+                attempt: reference.attempt,
+                pid: None,
+                stop,
+                exited: false,
+            },
+        );
+    }
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let outcome = match prepare(&shared.config, &launch) {
+            Ok((process, launch)) => {
+                let mut sink = AgentSink {
+                    shared: Arc::clone(&shared),
+                    reference: reference.clone(),
+                    stop: stop_requested,
+                };
+                run_process(&process, &launch, &mut sink).await
+            }
+            Err(reason) => Outcome::Failed { reason },
+        };
+        let (success, reason) = match outcome {
+            Outcome::Success => (true, String::new()),
+            Outcome::Failed { reason } | Outcome::Lost { reason } => (false, reason),
+        };
+        tracing::info!(experiment = %key.0, trial = key.1, success, %reason, "trial exited");
+        if let Some(running) = shared.state().trials.get_mut(&key) {
+            running.exited = true;
+        }
+        shared.send_reliably(
+            |seq| v1::AgentMessage {
+                body: Some(v1::agent_message::Body::Exited(v1::TrialExited {
+                    seq,
+                    trial: Some(reference.clone()),
+                    success,
+                    reason,
+                })),
+            },
+            None,
+        );
+    });
+}
+
+/// The process settings and core launch for a `Launch` message.
+fn prepare(config: &AgentConfig, launch: &v1::Launch) -> Result<(ProcessConfig, Launch), String> {
+    let reference = launch.trial.as_ref().ok_or("the launch names no trial")?;
+    let config_value: Config =
+        serde_json::from_str(&launch.config_json).map_err(|e| format!("the launch's config is not JSON: {e}"))?;
+    let workdir = PathBuf::from(&launch.workdir);
+    let workdir = if !launch.workdir.is_empty() && workdir.is_dir() {
+        workdir
+    } else {
+        config.work_dir.clone()
+    };
+    let mut env: BTreeMap<String, String> = launch.env.clone().into_iter().collect();
+    env.insert("CUDA_VISIBLE_DEVICES".into(), launch.devices.join(","));
+    env.insert("RUNG_CONTROLLER".into(), config.controller.clone());
+    env.insert("RUNG_ATTEMPT".into(), reference.attempt.to_string());
+    env.insert("RUNG_AGENT".into(), config.name.clone());
+    let grace = if launch.stop_grace_s.is_finite() && launch.stop_grace_s >= 0.0 {
+        Duration::from_secs_f64(launch.stop_grace_s.min(3600.0))
+    } else {
+        Duration::from_secs(10)
+    };
+    if reference.experiment.contains(['/', '\\']) || reference.experiment.starts_with('.') {
+        return Err(format!("experiment name {:?} cannot name a folder", reference.experiment));
+    }
+    Ok((
+        ProcessConfig {
+            command: launch.command.clone(),
+            workdir,
+            trials_root: config.work_dir.join(&reference.experiment),
+            stop_grace: grace,
+            env,
+            experiment: reference.experiment.clone(),
+        },
+        Launch {
+            trial: TrialId(reference.trial),
+            config: config_value,
+            restore: launch.restore.as_ref().map(|r| CheckpointRef {
+                step: r.step,
+                path: r.path.clone(),
+            }),
+            attempt: reference.attempt,
+        },
+    ))
+}
+
+/// Relays a trial's reports to the controller; the decisions come back as acknowledgements.
+struct AgentSink {
+    shared: Arc<Shared>,
+    reference: v1::TrialRef,
+    stop: watch::Receiver<bool>,
+}
+
+impl TrialSink for AgentSink {
+    async fn report(&mut self, report: Report, checkpoint: Option<String>) -> Decision {
+        let reference = self.reference.clone();
+        let trial = (reference.experiment.clone(), reference.trial, reference.attempt);
+        self.shared.send_reliably(
+            |seq| v1::AgentMessage {
+                body: Some(v1::agent_message::Body::Report(v1::TrialReport {
+                    seq,
+                    trial: Some(reference),
+                    step: report.step,
+                    metrics: report.metrics.into_iter().collect(),
+                    checkpoint: checkpoint.unwrap_or_default(),
+                })),
+            },
+            Some(trial),
+        );
+        if *self.stop.borrow() {
+            Decision::Stop
+        } else {
+            Decision::Continue
+        }
+    }
+
+    async fn stop_requested(&mut self) {
+        while !*self.stop.borrow_and_update() {
+            if self.stop.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn started(&mut self, pid: u32) {
+        let key = (self.reference.experiment.clone(), self.reference.trial);
+        if let Some(running) = self.shared.state().trials.get_mut(&key) {
+            running.pid = Some(pid);
+        }
+        self.shared.send_now(v1::AgentMessage {
+            body: Some(v1::agent_message::Body::Started(v1::TrialStarted {
+                trial: Some(self.reference.clone()),
+                pid,
+            })),
+        });
+    }
+}
+
+/// The inventory in proto form.
+pub fn inventory_to_proto(inventory: &Inventory) -> v1::Inventory {
+    v1::Inventory {
+        cpus: inventory.cpus,
+        memory: inventory.memory,
+        gpus: inventory
+            .gpus
+            .iter()
+            .map(|gpu| v1::Gpu {
+                index: gpu.index,
+                uuid: gpu.uuid.clone(),
+                model: gpu.model.clone(),
+                memory: gpu.memory,
+                mig: gpu
+                    .mig
+                    .iter()
+                    .map(|mig| v1::MigDevice {
+                        uuid: mig.uuid.clone(),
+                        name: mig.name.clone(),
+                        memory: mig.memory,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        custom: inventory.custom.clone().into_iter().collect(),
+    }
+}
