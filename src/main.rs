@@ -569,7 +569,7 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                 inventory: offered,
             };
             block_on(agent::run(config, async {
-                let _ = tokio::signal::ctrl_c().await;
+                rung::server::shutdown_signal().await;
                 eprintln!("[rung] agent stopping: stopping its trials");
             }))
             .map_err(|e| Error::Usage(e.to_string()))?;

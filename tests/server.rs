@@ -576,3 +576,60 @@ fn external_workers_ask_report_idempotently_and_get_precise_errors() {
     assert_eq!(reports[0].1.metrics["loss"], 0.5, "the first value stands");
     drop(server);
 }
+
+#[test]
+fn tls_serves_agents_and_the_cli_and_sigterm_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    let spec = asha_spec(dir, "secure", 6, "{ cpu = 1, gpu = 0.5 }");
+    let (mut server, url) = serve(
+        dir,
+        "127.0.0.1:0",
+        &["--tls-cert", "cert.pem", "--tls-key", "key.pem", spec.to_str().unwrap()],
+    );
+    assert!(url.starts_with("https://"), "{url}");
+    let keeper = agent(dir, &url, "tls-agent", 1, &["--ca-cert", "cert.pem"]);
+
+    let remote = Remote {
+        url: url.clone(),
+        token: None,
+        ca_cert: Some(dir.join("cert.pem")),
+    };
+    let done = runtime().block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let mut client = remote.experiments().await.unwrap();
+            let status = client
+                .get(remote.request(v1::GetRequest { name: "secure".into() }))
+                .await
+                .unwrap()
+                .into_inner();
+            if status.state != "running" || Instant::now() > deadline {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert_eq!(done.state, "finished", "{done:?}\n{}", keeper.dump());
+    assert_eq!(done.completed + done.stopped, 6);
+
+    // The CLI over TLS; without the CA it cannot verify the server.
+    let shown = rung()
+        .args(["best", "--server", &url, "--ca-cert"])
+        .arg(dir.join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{shown:?}");
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("best trial of \"secure\""), "{shown:?}");
+    let unverified = rung().args(["status", "--server", &url]).output().unwrap();
+    assert!(!unverified.status.success(), "{unverified:?}");
+
+    // SIGTERM: a clean exit, and the store opens consistent.
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}\n{}", server.dump());
+    assert!(server.dump().contains("shutting down"), "{}", server.dump());
+    assert_eq!(assert_reports_complete(&dir.join("server.db"), "secure"), 6);
+}

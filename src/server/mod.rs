@@ -74,7 +74,6 @@ pub struct Shared {
     placement: Notify,
     /// Experiment run tasks, awaited at shutdown.
     runs: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    started: Instant,
 }
 
 impl Shared {
@@ -120,7 +119,6 @@ pub async fn serve(
         config,
         placement: Notify::new(),
         runs: Mutex::new(Vec::new()),
-        started: Instant::now(),
     });
 
     // Finished experiments are listed (read-only); unfinished ones resume.
@@ -229,10 +227,15 @@ pub async fn serve_until_signalled(listen: SocketAddr, config: ServeConfig, spec
         config.db.display(),
         if config.token.is_some() { " (token required)" } else { "" }
     );
-    serve(listener, config, specs, shutdown_signal()).await
+    serve(listener, config, specs, async {
+        shutdown_signal().await;
+        eprintln!("[rung] shutting down: stopping trials, committing their reports");
+    })
+    .await
 }
 
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -245,7 +248,6 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
     }
-    eprintln!("[rung] shutting down: stopping trials, committing their reports");
 }
 
 enum Start {
@@ -446,9 +448,4 @@ impl Runner for ServerRunner {
             }));
         });
     }
-}
-
-/// How long this server has run (for logs).
-pub fn uptime(shared: &Shared) -> Duration {
-    shared.started.elapsed()
 }

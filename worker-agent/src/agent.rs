@@ -56,13 +56,20 @@ struct Running {
     exited: bool,
 }
 
+/// What an unacknowledged message was.
+struct Sent {
+    key: (String, u64),
+    attempt: u32,
+    exit: bool,
+}
+
 #[derive(Default)]
 struct State {
     id: Option<String>,
     trials: HashMap<(String, u64), Running>,
     unacked: BTreeMap<u64, v1::AgentMessage>,
-    /// Which trial each unacknowledged report is of (to stop it on a STOP/PAUSE answer).
-    report_of: HashMap<u64, (String, u64, u32)>,
+    /// Which launch each unacknowledged message is of, and whether it is its exit.
+    message_of: HashMap<u64, Sent>,
     next_seq: u64,
     session: Option<mpsc::UnboundedSender<v1::AgentMessage>>,
 }
@@ -78,15 +85,13 @@ impl Shared {
     }
 
     /// Numbers a message, keeps it until acknowledged, and sends it if a session is open.
-    fn send_reliably(&self, build: impl FnOnce(u64) -> v1::AgentMessage, trial: Option<(String, u64, u32)>) {
+    fn send_reliably(&self, build: impl FnOnce(u64) -> v1::AgentMessage, sent: Sent) {
         let mut state = self.state();
         state.next_seq += 1;
         let seq = state.next_seq;
         let message = build(seq);
         state.unacked.insert(seq, message.clone());
-        if let Some(trial) = trial {
-            state.report_of.insert(seq, trial);
-        }
+        state.message_of.insert(seq, sent);
         if let Some(session) = &state.session {
             let _ = session.send(message);
         }
@@ -268,26 +273,21 @@ fn handle(shared: &Arc<Shared>, message: v1::ControllerMessage) {
         Some(Body::Ack(ack)) => {
             let mut state = shared.state();
             state.unacked.remove(&ack.seq);
-            let trial = state.report_of.remove(&ack.seq);
+            let Some(sent) = state.message_of.remove(&ack.seq) else { return };
             let decision = v1::Decision::try_from(ack.decision).unwrap_or(v1::Decision::Continue);
-            if let Some((experiment, trial, attempt)) = trial {
-                if matches!(decision, v1::Decision::Stop | v1::Decision::Pause)
-                    && let Some(running) = state.trials.get(&(experiment, trial))
-                    && running.attempt == attempt
-                {
-                    let _ = running.stop.send(true);
-                }
-            } else {
-                // The acknowledgement of an exit: the trial is done here.
-                state.trials.retain(|_, running| !running.exited || running_has_unacked_exit(running));
+            let same_launch = state.trials.get(&sent.key).is_some_and(|r| r.attempt == sent.attempt);
+            if !same_launch {
+                return;
+            }
+            if sent.exit {
+                // The controller has the exit: the launch is done here.
+                state.trials.remove(&sent.key);
+            } else if matches!(decision, v1::Decision::Stop | v1::Decision::Pause) {
+                let _ = state.trials[&sent.key].stop.send(true);
             }
         }
         None => {}
     }
-}
-
-fn running_has_unacked_exit(_running: &Running) -> bool {
-    false
 }
 
 fn start_trial(shared: &Arc<Shared>, launch: v1::Launch) {
@@ -329,19 +329,26 @@ fn start_trial(shared: &Arc<Shared>, launch: v1::Launch) {
             Outcome::Failed { reason } | Outcome::Lost { reason } => (false, reason),
         };
         tracing::info!(experiment = %key.0, trial = key.1, success, %reason, "trial exited");
-        if let Some(running) = shared.state().trials.get_mut(&key) {
+        let attempt = reference.attempt;
+        if let Some(running) = shared.state().trials.get_mut(&key)
+            && running.attempt == attempt
+        {
             running.exited = true;
         }
         shared.send_reliably(
             |seq| v1::AgentMessage {
                 body: Some(v1::agent_message::Body::Exited(v1::TrialExited {
                     seq,
-                    trial: Some(reference.clone()),
+                    trial: Some(reference),
                     success,
                     reason,
                 })),
             },
-            None,
+            Sent {
+                key,
+                attempt,
+                exit: true,
+            },
         );
     });
 }
@@ -401,7 +408,11 @@ struct AgentSink {
 impl TrialSink for AgentSink {
     async fn report(&mut self, report: Report, checkpoint: Option<String>) -> Decision {
         let reference = self.reference.clone();
-        let trial = (reference.experiment.clone(), reference.trial, reference.attempt);
+        let sent = Sent {
+            key: (reference.experiment.clone(), reference.trial),
+            attempt: reference.attempt,
+            exit: false,
+        };
         self.shared.send_reliably(
             |seq| v1::AgentMessage {
                 body: Some(v1::agent_message::Body::Report(v1::TrialReport {
@@ -412,7 +423,7 @@ impl TrialSink for AgentSink {
                     checkpoint: checkpoint.unwrap_or_default(),
                 })),
             },
-            Some(trial),
+            sent,
         );
         if *self.stop.borrow() {
             Decision::Stop
