@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rung::remote::{Remote, read_token};
 use rung::tune_core::store::{ExperimentInfo, Store, StoredTrial};
 use rung::tune_core::trial::metrics_serde;
 use rung::tuner::{best_trial, trials_root};
-use rung::remote::{Remote, read_token};
 use rung::{Error, Spec, SweepResult, SweepStatus, Tuner};
 use serde_json::{Value, json};
 
@@ -451,7 +451,9 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                 if value.is_finite() && value > 0.0 {
                     Ok(std::time::Duration::from_secs_f64(value))
                 } else {
-                    Err(Error::Usage(format!("{flag} {value}: must be a number of seconds above 0")))
+                    Err(Error::Usage(format!(
+                        "{flag} {value}: must be a number of seconds above 0"
+                    )))
                 }
             };
             let lease = positive("--lease-s", lease_s)?;
@@ -537,7 +539,9 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             let selection: gpu::GpuSelection = gpus.parse().map_err(|e: gpu::GpuError| Error::Usage(e.to_string()))?;
             let discovery = gpu::discover(&selection).map_err(|e| Error::Usage(e.to_string()))?;
             let memory = memory
-                .map(|m| rung::tune_core::resources::parse_size(&m).map_err(|e| Error::Usage(format!("--memory {m}: {e}"))))
+                .map(|m| {
+                    rung::tune_core::resources::parse_size(&m).map_err(|e| Error::Usage(format!("--memory {m}: {e}")))
+                })
                 .transpose()?;
             let mut custom = std::collections::BTreeMap::new();
             for text in &resources {
@@ -653,7 +657,10 @@ fn is_json(path: &Path) -> bool {
 
 /// The folder of a spec file, absolute.
 fn spec_folder(path: &Path) -> Result<PathBuf, Error> {
-    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     folder.canonicalize().map_err(|e| Error::Spec {
         path: path.to_owned(),
         message: format!("cannot resolve its folder: {e}"),
@@ -677,10 +684,10 @@ async fn watch_experiment(remote: &Remote, name: &str) -> Result<(), Error> {
         .map_err(rung::remote::status_error)?
         .into_inner();
     while let Some(status) = stream.message().await.map_err(rung::remote::status_error)? {
-        let best = status
-            .best
-            .as_ref()
-            .map_or_else(|| "none yet".to_owned(), |b| format!("t{} {}={}", b.trial, status.metric, b.value));
+        let best = status.best.as_ref().map_or_else(
+            || "none yet".to_owned(),
+            |b| format!("t{} {}={}", b.trial, status.metric, b.value),
+        );
         let done = status.completed + status.stopped + status.sweep_ended + status.errored;
         eprintln!(
             "[rung] {}: {} · {done} done ({} completed, {} stopped, {} errored), {} running, {} waiting · best {best}",
@@ -861,10 +868,7 @@ fn print_status(view: &View, json: bool) {
     match (&info.end_cause, &view.remote) {
         (Some(cause), _) if info.is_finished() => println!("state       finished: {cause}"),
         (_, Some(_)) => println!("state       {state} on {}", view.source),
-        _ => println!(
-            "state       unfinished — resume with: rung resume --db {}",
-            view.source
-        ),
+        _ => println!("state       unfinished — resume with: rung resume --db {}", view.source),
     }
     println!("elapsed     {:.1}s", info.elapsed_ms as f64 / 1000.0);
     let counts: Vec<String> = counts
@@ -897,7 +901,10 @@ fn print_status(view: &View, json: bool) {
             );
         }
         if status.agents.is_empty() && status.state == "running" {
-            println!("agents      none registered (start one with: rung agent --controller {})", view.source);
+            println!(
+                "agents      none registered (start one with: rung agent --controller {})",
+                view.source
+            );
         }
     }
     for (trial, reason) in &waiting {

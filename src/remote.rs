@@ -28,8 +28,8 @@ pub struct Remote {
 
 /// Reads a token file: its first line, trimmed; an empty token is an error.
 pub fn read_token(path: &Path) -> Result<String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Error::Usage(format!("cannot read --token-file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Usage(format!("cannot read --token-file {}: {e}", path.display())))?;
     let token = text.lines().next().unwrap_or("").trim().to_owned();
     if token.is_empty() {
         return Err(Error::Usage(format!("--token-file {} is empty", path.display())));
@@ -137,7 +137,12 @@ pub async fn fetch(remote: &Remote, name: Option<&str>) -> Result<RemoteExperime
         spec: status.spec_json.clone(),
         seed: status.seed,
         created_at: 0,
-        status: if status.state == "finished" { "finished" } else { "running" }.into(),
+        status: if status.state == "finished" {
+            "finished"
+        } else {
+            "running"
+        }
+        .into(),
         end_cause: (!status.end_cause.is_empty()).then(|| status.end_cause.clone()),
         elapsed_ms: status.elapsed_ms,
     };

@@ -118,7 +118,11 @@ fn agent(dir: &Path, url: &str, name: &str, gpus: u32, extra: &[&str]) -> Proc {
         .args(["-v", "agent", "--controller", url, "--name", name, "--cpus", "8"])
         .args([
             "--gpus",
-            &if gpus == 0 { "none".to_owned() } else { format!("fake:{gpus}") },
+            &if gpus == 0 {
+                "none".to_owned()
+            } else {
+                format!("fake:{gpus}")
+            },
         ])
         .arg("--work-dir")
         .arg(dir.join("work"))
@@ -163,7 +167,10 @@ stop_grace_s = 2
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn status(url: &str, token: Option<&str>, name: &str) -> v1::ExperimentStatus {
@@ -273,7 +280,10 @@ fn max_sharing(steps: &[Step]) -> HashMap<(String, String), usize> {
 fn assert_no_trial_ran_twice_at_once(steps: &[Step]) {
     let mut by_trial: BTreeMap<(String, String), Vec<(u64, u64, u32)>> = BTreeMap::new();
     for ((experiment, trial, attempt), (first, last, _, _)) in spans(steps) {
-        by_trial.entry((experiment, trial)).or_default().push((first, last, attempt));
+        by_trial
+            .entry((experiment, trial))
+            .or_default()
+            .push((first, last, attempt));
     }
     for (trial, mut launches) in by_trial {
         launches.sort();
@@ -342,7 +352,10 @@ fn three_agents_run_a_gpu_sweep_without_overcommitting_a_device() {
         assert!(*most <= 4, "{agent} device {device} ran {most} trials at once");
         assert_ne!(agent, "no-gpu");
     }
-    assert!(sharing.values().any(|&most| most >= 2), "fractional trials shared a device: {sharing:?}");
+    assert!(
+        sharing.values().any(|&most| most >= 2),
+        "fractional trials shared a device: {sharing:?}"
+    );
     let devices: std::collections::BTreeSet<_> = sharing.keys().cloned().collect();
     assert!(devices.contains(&("two-gpus".into(), "1".into())), "{devices:?}");
     assert!(devices.contains(&("one-gpu".into(), "0".into())), "{devices:?}");
@@ -363,7 +376,10 @@ fn three_agents_run_a_gpu_sweep_without_overcommitting_a_device() {
         .output()
         .unwrap();
     let shown = String::from_utf8_lossy(&shown.stdout);
-    assert!(shown.contains("needs gpu=4 on one agent; largest agent has 2"), "{shown}");
+    assert!(
+        shown.contains("needs gpu=4 on one agent; largest agent has 2"),
+        "{shown}"
+    );
     assert!(shown.contains("two-gpus"), "{shown}");
 }
 
@@ -439,17 +455,21 @@ fn tokens_are_required_and_garbage_does_not_take_the_server_down() {
         };
         let error = runtime().block_on(async {
             let mut client = remote.experiments().await.unwrap();
-            client
-                .get(remote.request(v1::GetRequest::default()))
-                .await
-                .unwrap_err()
+            client.get(remote.request(v1::GetRequest::default())).await.unwrap_err()
         });
         assert_eq!(error.code(), tonic::Code::Unauthenticated, "{error:?}");
     }
     let refused = rung().args(["status", "--server", &url]).output().unwrap();
     assert_eq!(refused.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--token-file"), "{refused:?}");
-    assert!(server.dump().contains("rejected a call with no token"), "{}", server.dump());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--token-file"),
+        "{refused:?}"
+    );
+    assert!(
+        server.dump().contains("rejected a call with no token"),
+        "{}",
+        server.dump()
+    );
 
     // Garbage on the port, a half-open HTTP/2 preface, an oversized gRPC frame.
     let address = url.trim_start_matches("http://").to_owned();
@@ -623,7 +643,10 @@ fn tls_serves_agents_and_the_cli_and_sigterm_shuts_down_cleanly() {
         .output()
         .unwrap();
     assert!(shown.status.success(), "{shown:?}");
-    assert!(String::from_utf8_lossy(&shown.stdout).contains("best trial of \"secure\""), "{shown:?}");
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("best trial of \"secure\""),
+        "{shown:?}"
+    );
     let unverified = rung().args(["status", "--server", &url]).output().unwrap();
     assert!(!unverified.status.success(), "{unverified:?}");
 

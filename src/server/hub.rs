@@ -401,7 +401,9 @@ impl Hub {
         }
         live.last_step = Some(step);
         let checkpoint = (!checkpoint.is_empty()).then(|| checkpoint.to_owned());
-        Ok(Ok(Box::pin(live.link.send_report(Report { step, metrics }, checkpoint))))
+        Ok(Ok(Box::pin(
+            live.link.send_report(Report { step, metrics }, checkpoint),
+        )))
     }
 
     /// Remembers the decision the driver gave a report.
@@ -472,7 +474,9 @@ impl Hub {
     /// Hands out the next trial of an experiment run by workers that ask.
     pub fn ask(&mut self, experiment: &str, worker: &str) -> Result<Option<v1::TrialAssignment>, Refusal> {
         let Some(entry) = self.experiments.get_mut(experiment) else {
-            return Err(Refusal::NotFound(format!("no experiment \"{experiment}\" on this server")));
+            return Err(Refusal::NotFound(format!(
+                "no experiment \"{experiment}\" on this server"
+            )));
         };
         if !entry.external {
             return Err(Refusal::Precondition(format!(

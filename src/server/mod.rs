@@ -165,7 +165,8 @@ pub async fn serve(
 
     let (stop_serving, serving_stopped) = oneshot::channel::<()>();
     let server = service::router(Arc::clone(&shared))?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small messages (acknowledgements, launches) go out at once, not after a delayed ACK.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut serving = tokio::spawn(server.serve_with_incoming_shutdown(incoming, async {
         let _ = serving_stopped.await;
     }));
@@ -225,7 +226,11 @@ pub async fn serve_until_signalled(listen: SocketAddr, config: ServeConfig, spec
     eprintln!(
         "[rung] serving {} on {scheme}://{address}{}",
         config.db.display(),
-        if config.token.is_some() { " (token required)" } else { "" }
+        if config.token.is_some() {
+            " (token required)"
+        } else {
+            ""
+        }
     );
     serve(listener, config, specs, async {
         shutdown_signal().await;

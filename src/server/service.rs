@@ -86,7 +86,9 @@ pub(super) fn router(shared: Arc<Shared>) -> Result<Router> {
         expected: shared.config.token.as_deref().map(Arc::from),
     };
     let limit = shared.config.max_message_bytes;
-    let service = Service { shared: Arc::clone(&shared) };
+    let service = Service {
+        shared: Arc::clone(&shared),
+    };
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
@@ -97,7 +99,13 @@ pub(super) fn router(shared: Arc<Shared>) -> Result<Router> {
         let identity = Identity::from_pem(read(cert)?, read(key)?);
         builder = builder
             .tls_config(ServerTlsConfig::new().identity(identity))
-            .map_err(|e| Error::Usage(format!("TLS certificate {} or key {}: {e}", cert.display(), key.display())))?;
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "TLS certificate {} or key {}: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?;
     }
     Ok(builder
         .add_service(tonic::service::interceptor::InterceptedService::new(
@@ -337,7 +345,13 @@ fn handle_agent_message(
             let answer = trial_ref(report.trial.clone()).and_then(|reference| {
                 shared
                     .hub()
-                    .report(&reference, Some(agent), report.step, &report.metrics, &report.checkpoint)
+                    .report(
+                        &reference,
+                        Some(agent),
+                        report.step,
+                        &report.metrics,
+                        &report.checkpoint,
+                    )
                     .map_err(Status::from)
                     .map(|pending| (reference, pending))
             });
@@ -369,8 +383,12 @@ fn handle_agent_message(
                     reason: exited.reason.clone(),
                 }
             };
-            let result = trial_ref(exited.trial.clone())
-                .and_then(|reference| shared.hub().exited(&reference, Some(agent), outcome).map_err(Status::from));
+            let result = trial_ref(exited.trial.clone()).and_then(|reference| {
+                shared
+                    .hub()
+                    .exited(&reference, Some(agent), outcome)
+                    .map_err(Status::from)
+            });
             acknowledge(shared, agent, seq, Decision::Stop);
             shared.place_now();
             result.map(|()| Followup::None)
@@ -522,10 +540,7 @@ impl Experiments for Service {
 
     async fn list(&self, _request: Request<v1::ListRequest>) -> Reply<v1::ListResponse> {
         let names: Vec<String> = self.shared.hub().experiments.keys().cloned().collect();
-        let experiments = names
-            .iter()
-            .filter_map(|name| self.status_of(name).ok())
-            .collect();
+        let experiments = names.iter().filter_map(|name| self.status_of(name).ok()).collect();
         Ok(Response::new(v1::ListResponse { experiments }))
     }
 
@@ -545,8 +560,7 @@ impl Experiments for Service {
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(Status::from)?;
         let mut best_metrics: HashMap<TrialId, HashMap<String, f64>> = HashMap::new();
-        let best_steps: HashMap<TrialId, u64> =
-            trials.iter().filter_map(|t| t.best.map(|(_, s)| (t.id, s))).collect();
+        let best_steps: HashMap<TrialId, u64> = trials.iter().filter_map(|t| t.best.map(|(_, s)| (t.id, s))).collect();
         for (trial, report) in reports {
             if best_steps.get(&trial) == Some(&report.step) {
                 best_metrics.insert(trial, report.metrics.into_iter().collect());

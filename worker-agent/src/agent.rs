@@ -273,7 +273,9 @@ fn handle(shared: &Arc<Shared>, message: v1::ControllerMessage) {
         Some(Body::Ack(ack)) => {
             let mut state = shared.state();
             state.unacked.remove(&ack.seq);
-            let Some(sent) = state.message_of.remove(&ack.seq) else { return };
+            let Some(sent) = state.message_of.remove(&ack.seq) else {
+                return;
+            };
             let decision = v1::Decision::try_from(ack.decision).unwrap_or(v1::Decision::Continue);
             let same_launch = state.trials.get(&sent.key).is_some_and(|r| r.attempt == sent.attempt);
             if !same_launch {
@@ -375,7 +377,10 @@ fn prepare(config: &AgentConfig, launch: &v1::Launch) -> Result<(ProcessConfig, 
         Duration::from_secs(10)
     };
     if reference.experiment.contains(['/', '\\']) || reference.experiment.starts_with('.') {
-        return Err(format!("experiment name {:?} cannot name a folder", reference.experiment));
+        return Err(format!(
+            "experiment name {:?} cannot name a folder",
+            reference.experiment
+        ));
     }
     Ok((
         ProcessConfig {
