@@ -240,30 +240,33 @@ fn ledger(dir: &Path) -> Vec<Step> {
     steps
 }
 
-/// Each launch's span in the ledger: (experiment, trial, attempt) → (first, last, agent, devices).
-fn spans(steps: &[Step]) -> BTreeMap<(String, String, u32), (u64, u64, String, String)> {
+/// One process of a launch: experiment, trial, attempt, agent.
+type ProcessKey = (String, String, u32, String);
+/// When it ran (its first and last ledger lines) and on which devices.
+type Span = (u64, u64, String);
+
+/// Each process's span in the ledger.
+fn spans(steps: &[Step]) -> BTreeMap<ProcessKey, Span> {
     let mut spans = BTreeMap::new();
     for s in steps {
-        let entry = spans
-            .entry((s.experiment.clone(), s.trial.clone(), s.attempt))
-            .or_insert((s.time, s.time, s.agent.clone(), s.devices.clone()));
+        let key = (s.experiment.clone(), s.trial.clone(), s.attempt, s.agent.clone());
+        let entry = spans.entry(key).or_insert((s.time, s.time, s.devices.clone()));
         entry.0 = entry.0.min(s.time);
         entry.1 = entry.1.max(s.time);
     }
     spans
 }
 
-/// The most launches that ever ran at once on one device of one agent (launch spans
-/// overlapping in time).
+/// The most processes that ever ran at once on one device of one agent.
 fn max_sharing(steps: &[Step]) -> HashMap<(String, String), usize> {
     let mut events: Vec<(u64, i64, (String, String))> = Vec::new();
-    for ((_, _, _), (first, last, agent, devices)) in spans(steps) {
+    for ((_, _, _, agent), (first, last, devices)) in spans(steps) {
         for device in devices.split(',').filter(|d| *d != "-") {
             events.push((first, 1, (agent.clone(), device.to_owned())));
             events.push((last, -1, (agent.clone(), device.to_owned())));
         }
     }
-    // At equal times, starts before ends: touching launches count as overlapping.
+    // At equal times, starts before ends: touching processes count as overlapping.
     events.sort_by_key(|(time, delta, _)| (*time, -*delta));
     let mut now: HashMap<(String, String), i64> = HashMap::new();
     let mut most: HashMap<(String, String), usize> = HashMap::new();
@@ -276,18 +279,23 @@ fn max_sharing(steps: &[Step]) -> HashMap<(String, String), usize> {
     most
 }
 
-/// For every trial, its launches never overlap in time: one ends before the next starts.
+/// For every trial, its launches never overlap in time: every process of one launch ends
+/// before any process of the next starts.
 fn assert_no_trial_ran_twice_at_once(steps: &[Step]) {
-    let mut by_trial: BTreeMap<(String, String), Vec<(u64, u64, u32)>> = BTreeMap::new();
-    for ((experiment, trial, attempt), (first, last, _, _)) in spans(steps) {
-        by_trial
+    let mut launches: BTreeMap<(String, String), BTreeMap<u32, (u64, u64)>> = BTreeMap::new();
+    for ((experiment, trial, attempt, _), (first, last, _)) in spans(steps) {
+        let span = launches
             .entry((experiment, trial))
             .or_default()
-            .push((first, last, attempt));
+            .entry(attempt)
+            .or_insert((first, last));
+        span.0 = span.0.min(first);
+        span.1 = span.1.max(last);
     }
-    for (trial, mut launches) in by_trial {
-        launches.sort();
-        for pair in launches.windows(2) {
+    for (trial, attempts) in launches {
+        let mut attempts: Vec<(u64, u64, u32)> = attempts.into_iter().map(|(a, (f, l))| (f, l, a)).collect();
+        attempts.sort();
+        for pair in attempts.windows(2) {
             assert!(
                 pair[0].1 < pair[1].0,
                 "{trial:?}: launch {} (until {}) overlaps launch {} (from {})",
@@ -424,16 +432,16 @@ fn a_killed_agent_s_trials_resume_elsewhere_and_a_restarted_controller_loses_not
     assert_no_trial_ran_twice_at_once(&steps);
     // A relaunched trial started from its checkpoint (step 3, 6, ...), not from scratch.
     let spans = spans(&steps);
-    let mut first_steps: BTreeMap<(String, String, u32), u64> = BTreeMap::new();
+    let mut first_steps: BTreeMap<ProcessKey, u64> = BTreeMap::new();
     for s in steps.iter().filter(|s| s.step > 0) {
         first_steps
-            .entry((s.experiment.clone(), s.trial.clone(), s.attempt))
+            .entry((s.experiment.clone(), s.trial.clone(), s.attempt, s.agent.clone()))
             .or_insert(s.step);
     }
     let resumed_from_checkpoint = spans
-        .iter()
-        .filter(|((_, _, attempt), (_, _, agent, _))| *attempt >= 1 && agent == "keeper")
-        .any(|(key, _)| first_steps.get(key).is_some_and(|&step| step > 1));
+        .keys()
+        .filter(|(_, _, attempt, agent)| *attempt >= 1 && agent == "keeper")
+        .any(|key| first_steps.get(key).is_some_and(|&step| step > 1));
     assert!(resumed_from_checkpoint, "no relaunch restored a checkpoint");
     assert!(server.dump().contains("agent registered"), "{}", server.dump());
 }
@@ -655,4 +663,33 @@ fn tls_serves_agents_and_the_cli_and_sigterm_shuts_down_cleanly() {
     assert!(status.success(), "{status:?}\n{}", server.dump());
     assert!(server.dump().contains("shutting down"), "{}", server.dump());
     assert_eq!(assert_reports_complete(&dir.join("server.db"), "secure"), 6);
+}
+
+#[test]
+fn spread_runs_one_process_per_bundle_on_distinct_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let spec = asha_spec(dir, "spread", 4, "[{ cpu = 1, gpu = 1 }, { cpu = 1, gpu = 1 }]");
+    let text = std::fs::read_to_string(&spec).unwrap() + "placement = \"spread\"\n";
+    std::fs::write(&spec, text).unwrap();
+    let (server, url) = serve(dir, "127.0.0.1:0", &[spec.to_str().unwrap()]);
+    let a = agent(dir, &url, "left", 1, &[]);
+    let b = agent(dir, &url, "right", 1, &[]);
+    let done = wait_until_finished(&url, "spread", Duration::from_secs(120), &[&server, &a, &b]);
+    assert_eq!(done.state, "finished", "{done:?}");
+    assert_eq!(done.completed + done.stopped, 4, "{done:?}");
+    let steps = ledger(dir);
+    let mut agents_of: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for s in &steps {
+        agents_of.entry(s.trial.clone()).or_default().insert(s.agent.clone());
+    }
+    assert_eq!(agents_of.len(), 4);
+    for (trial, agents) in &agents_of {
+        assert_eq!(agents.len(), 2, "{trial} ran on {agents:?}");
+    }
+    // Whole GPUs: never two processes on one device.
+    for ((agent, device), most) in max_sharing(&steps) {
+        assert_eq!(most, 1, "{agent} device {device}");
+    }
+    assert_no_trial_ran_twice_at_once(&steps);
 }

@@ -36,13 +36,28 @@ pub enum Place {
         /// The worker's name.
         worker: String,
     },
-    /// Placed on an agent.
+    /// Placed on agents: one process on one agent (`pack`), or one process per bundle, each on
+    /// its own agent (`spread`).
     Agent {
-        /// The agent's id.
-        id: String,
-        /// What it holds there.
+        /// What it holds, and where.
         allocation: Allocation,
+        /// Processes that have not exited yet.
+        left: usize,
+        /// The first failure among its processes.
+        failure: Option<String>,
     },
+}
+
+impl Place {
+    /// Whether the launch runs (in part) on `agent`.
+    fn on(&self, agent: &str) -> bool {
+        matches!(self, Place::Agent { allocation, .. } if allocation.bundles.iter().any(|b| b.agent == agent))
+    }
+}
+
+/// The agents of an allocation, one per process: one for `pack`, one per bundle for `spread`.
+fn process_agents(allocation: &Allocation) -> Vec<String> {
+    allocation.agents().into_iter().map(str::to_owned).collect()
 }
 
 /// One launch of a trial that has not exited yet.
@@ -284,17 +299,20 @@ impl Hub {
             };
             match self.cluster.allocate(&entry.request) {
                 Ok(allocation) => {
-                    let agent_id = allocation.bundles[0].agent.clone();
-                    let message = launch_message(experiment, &entry.spec, &live.launch, &allocation);
+                    let messages = launch_messages(experiment, &entry.spec, &live.launch, &allocation, &self.agents);
+                    let agents: Vec<String> = messages.iter().map(|(agent, _)| agent.clone()).collect();
                     live.place = Place::Agent {
-                        id: agent_id.clone(),
+                        left: messages.len(),
                         allocation,
+                        failure: None,
                     };
-                    if let Some(agent) = self.agents.get_mut(&agent_id) {
-                        agent.trials.insert(key.clone());
-                        send(agent, message);
+                    for (agent_id, message) in messages {
+                        if let Some(agent) = self.agents.get_mut(&agent_id) {
+                            agent.trials.insert(key.clone());
+                            send(agent, message);
+                        }
                     }
-                    tracing::info!(experiment, %trial, agent = %agent_id, "placed");
+                    tracing::info!(experiment, %trial, agents = %agents.join(","), "placed");
                 }
                 Err(unplaceable) => {
                     let reason = match &unplaceable {
@@ -330,10 +348,12 @@ impl Hub {
                 })
             }
             Place::Asked { .. } => None, // its next report is answered STOP
-            Place::Agent { id, .. } => {
+            Place::Agent { allocation, .. } => {
                 let message = stop_message(experiment, &live.launch, "the controller stopped it", false);
-                if let Some(agent) = self.agents.get_mut(id) {
-                    send(agent, message);
+                for id in process_agents(allocation) {
+                    if let Some(agent) = self.agents.get_mut(&id) {
+                        send(agent, message.clone());
+                    }
                 }
                 None
             }
@@ -366,16 +386,13 @@ impl Hub {
                 reference.attempt, live.launch.attempt
             )));
         }
-        if let Some(agent) = agent {
-            match &live.place {
-                Place::Agent { id, .. } if id == agent => {}
-                _ => {
-                    return Err(Refusal::Precondition(format!(
-                        "trial {trial} of \"{}\" is not placed on agent {agent}",
-                        reference.experiment
-                    )));
-                }
-            }
+        if let Some(agent) = agent
+            && !live.place.on(agent)
+        {
+            return Err(Refusal::Precondition(format!(
+                "trial {trial} of \"{}\" is not placed on agent {agent}",
+                reference.experiment
+            )));
         }
         Ok(live)
     }
@@ -446,15 +463,56 @@ impl Hub {
         )))
     }
 
-    /// A launch ended (agent `exited`, or `Trials.Finish`).
+    /// A process of a launch ended (agent `exited`, or `Trials.Finish`). The launch ends when
+    /// all its processes have; the first failure stops the others and is its outcome.
     pub fn exited(&mut self, reference: &v1::TrialRef, agent: Option<&str>, outcome: Outcome) -> Result<(), Refusal> {
         let key = (reference.experiment.clone(), TrialId(reference.trial));
-        self.live_mut(reference, agent)?;
+        let live = self.live_mut(reference, agent)?;
+        if let Place::Agent { left, failure, .. } = &mut live.place {
+            *left = left.saturating_sub(1);
+            if let Outcome::Failed { reason } = &outcome
+                && failure.is_none()
+            {
+                *failure = Some(reason.clone());
+            }
+            let (left, failure) = (*left, failure.clone());
+            if left > 0 {
+                if let (Some(reason), Place::Agent { allocation, .. }) = (failure, &live.place) {
+                    let message = stop_message(
+                        &key.0,
+                        &live.launch,
+                        &format!("another process of the trial failed: {reason}"),
+                        false,
+                    );
+                    let others: Vec<String> = process_agents(allocation)
+                        .into_iter()
+                        .filter(|a| Some(a.as_str()) != agent)
+                        .collect();
+                    for id in others {
+                        if let Some(agent) = self.agents.get_mut(&id) {
+                            send(agent, message.clone());
+                        }
+                    }
+                }
+                if let Some(id) = agent
+                    && let Some(agent) = self.agents.get_mut(id)
+                {
+                    agent.trials.remove(&key);
+                }
+                return Ok(());
+            }
+        }
         let live = self
             .experiments
             .get_mut(&key.0)
             .and_then(|e| e.trials.remove(&key.1))
             .expect("checked above");
+        let outcome = match &live.place {
+            Place::Agent {
+                failure: Some(reason), ..
+            } => Outcome::Failed { reason: reason.clone() },
+            _ => outcome,
+        };
         self.release(&key, &live.place);
         if let Some(exit) = live.exit {
             let _ = exit.send(outcome);
@@ -463,10 +521,12 @@ impl Hub {
     }
 
     fn release(&mut self, key: &TrialKey, place: &Place) {
-        if let Place::Agent { id, allocation } = place {
+        if let Place::Agent { allocation, .. } = place {
             self.cluster.release(allocation);
-            if let Some(agent) = self.agents.get_mut(id) {
-                agent.trials.remove(key);
+            for id in process_agents(allocation) {
+                if let Some(agent) = self.agents.get_mut(&id) {
+                    agent.trials.remove(key);
+                }
             }
         }
     }
@@ -570,10 +630,7 @@ impl Hub {
             let Some(reference) = &running.trial else { continue };
             let key = (reference.experiment.clone(), TrialId(reference.trial));
             let live = self.experiments.get(&key.0).and_then(|e| e.trials.get(&key.1));
-            let ours = live.is_some_and(|live| {
-                live.launch.attempt == reference.attempt
-                    && matches!(&live.place, Place::Agent { id, .. } if id == agent_id)
-            });
+            let ours = live.is_some_and(|live| live.launch.attempt == reference.attempt && live.place.on(agent_id));
             if ours {
                 known.insert(key);
             } else {
@@ -588,8 +645,9 @@ impl Hub {
         }
         let agent = self.agents.get_mut(agent_id).expect("checked above");
         let outbox = std::mem::take(&mut agent.outbox);
+        let placed: Vec<TrialKey> = agent.trials.iter().cloned().collect();
         let mut resend = Vec::new();
-        for key in &agent.trials {
+        for key in &placed {
             if known.contains(key) {
                 continue;
             }
@@ -597,9 +655,10 @@ impl Hub {
                 && let Some(live) = entry.trials.get(&key.1)
                 && let Place::Agent { allocation, .. } = &live.place
             {
-                let launch = launch_message(&key.0, &entry.spec, &live.launch, allocation);
-                if !outbox.contains(&launch) {
-                    resend.push(launch);
+                for (id, launch) in launch_messages(&key.0, &entry.spec, &live.launch, allocation, &self.agents) {
+                    if id == agent_id && !outbox.contains(&launch) {
+                        resend.push(launch);
+                    }
                 }
             }
         }
@@ -649,9 +708,24 @@ impl Hub {
             self.cluster.remove_agent(id);
             tracing::warn!(agent = %id, %name, trials = trials.len(), "agent lost: no heartbeat within its lease");
             for key in trials {
-                if let Some(live) = self.experiments.get_mut(&key.0).and_then(|e| e.trials.remove(&key.1))
-                    && let Some(exit) = live.exit
-                {
+                let Some(live) = self.experiments.get_mut(&key.0).and_then(|e| e.trials.remove(&key.1)) else {
+                    continue;
+                };
+                // Its processes on other agents (spread) must not run on: kill them.
+                if let Place::Agent { allocation, .. } = &live.place {
+                    let kill = stop_message(&key.0, &live.launch, "another agent of the trial was lost", true);
+                    for other in process_agents(allocation).into_iter().filter(|a| a != id) {
+                        if let Some(agent) = self.agents.get_mut(&other) {
+                            agent.trials.remove(&key);
+                            send(agent, kill.clone());
+                        }
+                    }
+                    let surviving: Vec<String> = process_agents(allocation).into_iter().filter(|a| a != id).collect();
+                    let mut held = allocation.clone();
+                    held.bundles.retain(|b| surviving.contains(&b.agent));
+                    self.cluster.release(&held);
+                }
+                if let Some(exit) = live.exit {
                     let _ = exit.send(Outcome::Lost {
                         reason: format!(
                             "agent {name} ({id}) was lost: no heartbeat for {:.0}s",
@@ -707,7 +781,13 @@ impl Hub {
     pub fn agent_of(&self, experiment: &str, trial: TrialId) -> Option<String> {
         let live = self.experiments.get(experiment)?.trials.get(&trial)?;
         match &live.place {
-            Place::Agent { id, .. } => self.agents.get(id).map(|a| a.name.clone()),
+            Place::Agent { allocation, .. } => Some(
+                process_agents(allocation)
+                    .iter()
+                    .filter_map(|id| self.agents.get(id).map(|a| a.name.clone()))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             Place::Asked { worker } => Some(worker.clone()),
             _ => None,
         }
@@ -745,41 +825,62 @@ fn validate_metrics(metrics: &HashMap<String, f64>) -> Result<Metrics, Refusal> 
     Ok(out)
 }
 
-/// The `Launch` message for a launch placed on `allocation`.
-pub fn launch_message(
+/// The `Launch` messages for a launch placed on `allocation`, each with the agent it goes to:
+/// one process with every device (`pack`, one agent), or one process per bundle (`spread`).
+pub fn launch_messages(
     experiment: &str,
     spec: &Spec,
     launch: &Launch,
     allocation: &Allocation,
-) -> v1::ControllerMessage {
-    v1::ControllerMessage {
-        body: Some(v1::controller_message::Body::Launch(v1::Launch {
-            trial: Some(v1::TrialRef {
-                experiment: experiment.to_owned(),
-                trial: launch.trial.0,
-                attempt: launch.attempt,
-            }),
-            command: spec.trial.command.clone(),
-            workdir: spec
-                .trial
-                .workdir
-                .as_ref()
-                .map(|d| d.display().to_string())
-                .unwrap_or_default(),
-            env: spec.trial.env.clone().into_iter().collect(),
-            config_json: launch.config.to_json(),
-            restore: launch.restore.as_ref().map(|r| v1::CheckpointLocation {
-                step: r.step,
-                path: r.path.clone(),
-            }),
-            devices: allocation
-                .bundles
-                .iter()
-                .flat_map(|b| b.gpus.iter().map(|g| g.device.clone()))
-                .collect(),
-            stop_grace_s: spec.trial.stop_grace_s,
-        })),
-    }
+    registered: &BTreeMap<String, Agent>,
+) -> Vec<(String, v1::ControllerMessage)> {
+    let agents = process_agents(allocation);
+    let names: Vec<String> = agents
+        .iter()
+        .map(|id| registered.get(id).map_or_else(|| id.clone(), |a| a.name.clone()))
+        .collect();
+    let devices_of = |agent: &str| -> Vec<String> {
+        allocation
+            .bundles
+            .iter()
+            .filter(|b| b.agent == agent)
+            .flat_map(|b| b.gpus.iter().map(|g| g.device.clone()))
+            .collect()
+    };
+    agents
+        .iter()
+        .enumerate()
+        .map(|(index, agent)| {
+            let message = v1::ControllerMessage {
+                body: Some(v1::controller_message::Body::Launch(v1::Launch {
+                    trial: Some(v1::TrialRef {
+                        experiment: experiment.to_owned(),
+                        trial: launch.trial.0,
+                        attempt: launch.attempt,
+                    }),
+                    command: spec.trial.command.clone(),
+                    workdir: spec
+                        .trial
+                        .workdir
+                        .as_ref()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default(),
+                    env: spec.trial.env.clone().into_iter().collect(),
+                    config_json: launch.config.to_json(),
+                    restore: launch.restore.as_ref().map(|r| v1::CheckpointLocation {
+                        step: r.step,
+                        path: r.path.clone(),
+                    }),
+                    devices: devices_of(agent),
+                    stop_grace_s: spec.trial.stop_grace_s,
+                    bundle: index as u32,
+                    bundles: agents.len() as u32,
+                    bundle_agents: names.clone(),
+                })),
+            };
+            (agent.clone(), message)
+        })
+        .collect()
 }
 
 /// The `Stop` message for a launch.

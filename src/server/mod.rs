@@ -345,9 +345,6 @@ async fn start_experiment(shared: &Arc<Shared>, start: Start) -> Result<String> 
     let run = tokio::spawn(tuner.run_with_runner(move |spec, info, _trials_root| {
         let mut entry = experiment_entry(info, Arc::new(spec.clone()), Progress::default());
         entry.handle = Some(handle);
-        if !entry.external {
-            check_servable(spec)?;
-        }
         *name_cell.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.name.clone());
         runner_shared.hub().experiments.insert(info.name.clone(), entry);
         let _ = named.send(info.name.clone());
@@ -403,19 +400,6 @@ async fn start_experiment(shared: &Arc<Shared>, start: Start) -> Result<String> 
     result
         .await
         .map_err(|_| Error::Internal("the experiment's task ended without a word".into()))?
-}
-
-/// A spec whose trials run on agents must name its command and pack its bundles.
-fn check_servable(spec: &Spec) -> Result<()> {
-    let request = spec.trial.resource_request();
-    if request.bundles.len() > 1 && request.placement == tune_core::resources::Placement::Spread {
-        return Err(Error::Core(tune_core::Error::setting(
-            "trial.placement",
-            "\"spread\" puts a trial's bundles on different agents, but an agent runs a trial as one process: \
-             use \"pack\" (all bundles on one agent, one process with all their devices)",
-        )));
-    }
-    Ok(())
 }
 
 /// The runner of a served experiment: launches wait in the hub until an agent (or a worker's

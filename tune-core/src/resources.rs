@@ -1187,7 +1187,9 @@ impl Cluster {
         // Whole devices first, then fractions largest first: fewer fractions strand a device.
         let mut order: Vec<usize> = (0..needs.len()).collect();
         order.sort_by_key(|&position| std::cmp::Reverse(needs[position].gpu));
-        let mut best: Option<((u64, u64, u64), &str, Vec<Shares>)> = None;
+        // (what is left over: gpu, cpu, memory), the agent, the shares of each bundle.
+        type Fit<'a> = ((u64, u64, u64), &'a str, Vec<Shares>);
+        let mut best: Option<Fit<'_>> = None;
         for (name, agent) in &self.agents {
             let mut left = agent.capacity(view).clone();
             let mut shares = vec![Vec::new(); needs.len()];

@@ -371,6 +371,13 @@ fn prepare(config: &AgentConfig, launch: &v1::Launch) -> Result<(ProcessConfig, 
     env.insert("RUNG_CONTROLLER".into(), config.controller.clone());
     env.insert("RUNG_ATTEMPT".into(), reference.attempt.to_string());
     env.insert("RUNG_AGENT".into(), config.name.clone());
+    // NVML numbers GPUs in PCI bus order; make CUDA number them the same way.
+    env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
+    if launch.bundles > 1 {
+        env.insert("RUNG_BUNDLE_INDEX".into(), launch.bundle.to_string());
+        env.insert("RUNG_BUNDLE_COUNT".into(), launch.bundles.to_string());
+        env.insert("RUNG_BUNDLE_AGENTS".into(), launch.bundle_agents.join(","));
+    }
     let grace = if launch.stop_grace_s.is_finite() && launch.stop_grace_s >= 0.0 {
         Duration::from_secs_f64(launch.stop_grace_s.min(3600.0))
     } else {
