@@ -153,6 +153,14 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// End an experiment running on a server: its running trials end as sweep_ended.
+    Stop {
+        /// The experiment [default: the newest].
+        #[arg(long)]
+        experiment: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Run a worker agent: register this machine with a controller and run the trials it
     /// places here, pinned to their GPUs through CUDA_VISIBLE_DEVICES.
     ///
@@ -521,6 +529,21 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                 }
                 Ok::<_, Error>(())
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stop { experiment, server } => {
+            let remote = server.remote()?;
+            let status = block_on(async {
+                let mut client = remote.experiments().await?;
+                client
+                    .stop(remote.request(rung::tune_proto::v1::GetRequest {
+                        name: experiment.unwrap_or_default(),
+                    }))
+                    .await
+                    .map_err(rung::remote::status_error)
+            })?
+            .into_inner();
+            println!("stopping \"{}\": its running trials end as sweep_ended", status.name);
             Ok(ExitCode::SUCCESS)
         }
         Command::Agent {

@@ -693,3 +693,40 @@ fn spread_runs_one_process_per_bundle_on_distinct_agents() {
     }
     assert_no_trial_ran_twice_at_once(&steps);
 }
+
+#[test]
+fn sigterm_mid_sweep_stops_trials_commits_and_a_restart_finishes_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let spec = asha_spec(dir, "paused", 24, "{ cpu = 1, gpu = 0.5 }");
+    let (mut server, url) = serve(dir, "127.0.0.1:0", &[spec.to_str().unwrap()]);
+    let port = url.rsplit(':').next().unwrap().to_owned();
+    let worker = agent(dir, &url, "steady", 2, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ledger(dir).iter().filter(|s| s.step > 0).count() < 20 {
+        assert!(Instant::now() < deadline, "no progress:\n{}", worker.dump());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped_at = Instant::now();
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}\n{}", server.dump());
+    assert!(stopped_at.elapsed() < Duration::from_secs(15));
+    // The agent was told: its trials stopped (nothing of the first session runs on).
+    let lines = ledger(dir).len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ledger(dir).len(), lines, "trials kept running after the server stopped");
+    // The store is consistent and unfinished, every committed report in order.
+    {
+        let store = Store::open(&dir.join("server.db")).unwrap();
+        let info = store.experiment(Some("paused")).unwrap();
+        assert!(!info.is_finished());
+        let reports = store.reports(info.id, None).unwrap();
+        assert!(!reports.is_empty());
+    }
+    let (server, _) = serve(dir, &format!("127.0.0.1:{port}"), &[spec.to_str().unwrap()]);
+    let done = wait_until_finished(&url, "paused", Duration::from_secs(120), &[&server, &worker]);
+    assert_eq!(done.state, "finished", "{done:?}");
+    assert_eq!(done.completed + done.stopped, 24, "{done:?}");
+    assert_eq!(assert_reports_complete(&dir.join("server.db"), "paused"), 24);
+    assert_no_trial_ran_twice_at_once(&ledger(dir));
+}

@@ -378,6 +378,36 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     u64::try_from(whole_bytes + fraction_bytes).map_err(|_| too_large())
 }
 
+/// A size for people, rounded to one decimal in the largest binary unit it reaches: `79.6GiB`,
+/// `64GiB`, `512MiB`, `100B`. ([`format_size`] is exact and so can be long.)
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 7] = [
+        ("EiB", 1 << 60),
+        ("PiB", 1 << 50),
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("B", 1),
+    ];
+    let Some(position) = UNITS.iter().position(|(_, size)| bytes >= *size) else {
+        return "0B".to_owned();
+    };
+    let tenths = |(_, size): (&str, u64)| (bytes as f64 / size as f64 * 10.0).round();
+    // 1023.96MiB rounds to 1024MiB: say 1GiB instead.
+    let position = if position > 0 && tenths(UNITS[position]) >= 10240.0 {
+        position - 1
+    } else {
+        position
+    };
+    let (unit, _) = UNITS[position];
+    let tenths = tenths(UNITS[position]) as u64;
+    match tenths % 10 {
+        0 => format!("{}{unit}", tenths / 10),
+        decimal => format!("{}.{decimal}{unit}", tenths / 10),
+    }
+}
+
 /// Writes a size with the unit that gives the shortest exact text: `"8GiB"`, `"1.5GiB"`,
 /// `"512MiB"`, `"8GB"`, `"100B"`. Binary units win ties; [`parse_size`] reads every output
 /// back to the same number of bytes.
@@ -471,7 +501,7 @@ impl Inventory {
         let plural = |count: f64| if count == 1.0 { "" } else { "s" };
         let mut parts = vec![
             format!("{} CPU{}", self.cpus, plural(self.cpus)),
-            format_size(self.memory),
+            human_size(self.memory),
         ];
         if !self.gpus.is_empty() {
             let mut models: Vec<(&str, usize)> = Vec::new();

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use tune_core::resources::{GpuInfo, Inventory};
+use tune_core::resources::{GpuInfo, Inventory, human_size};
 
 /// Where [`detect`] reads the machine's memory from.
 const MEMINFO_PATH: &str = "/proc/meminfo";
@@ -190,36 +190,6 @@ pub fn describe(inventory: &Inventory, driver: Option<&str>) -> String {
         let _ = write!(text, "\ncustom: {}", entries.join(", "));
     }
     text
-}
-
-/// A size for people, rounded to one decimal in the largest binary unit it reaches: `79.6GiB`,
-/// `64GiB`, `512MiB`, `100B`. (`tune_core::resources::format_size` is exact and so can be long.)
-fn human_size(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 7] = [
-        ("EiB", 1 << 60),
-        ("PiB", 1 << 50),
-        ("TiB", 1 << 40),
-        ("GiB", 1 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-        ("B", 1),
-    ];
-    let Some(position) = UNITS.iter().position(|(_, size)| bytes >= *size) else {
-        return "0B".to_owned();
-    };
-    let tenths = |(_, size): (&str, u64)| (bytes as f64 / size as f64 * 10.0).round();
-    // 1023.96MiB rounds to 1024MiB: say 1GiB instead.
-    let position = if position > 0 && tenths(UNITS[position]) >= 10240.0 {
-        position - 1
-    } else {
-        position
-    };
-    let (unit, _) = UNITS[position];
-    let tenths = tenths(UNITS[position]) as u64;
-    match tenths % 10 {
-        0 => format!("{}{unit}", tenths / 10),
-        decimal => format!("{}.{decimal}{unit}", tenths / 10),
-    }
 }
 
 #[cfg(test)]
