@@ -133,11 +133,18 @@ pub struct Experiment {
     pub asked: Arc<Notify>,
     /// Bumped whenever its progress or state changes (for `Watch`).
     pub changed: watch::Sender<u64>,
-    /// When it started running in this server, for elapsed time.
+    /// Time it ran before it started running in this server (or in all, once it ended).
     pub elapsed_ms: u64,
+    /// When it started running in this server, while it runs.
+    pub running_since: Option<Instant>,
 }
 
 impl Experiment {
+    /// Time the sweep has run, over all its sessions.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_millis(self.elapsed_ms) + self.running_since.map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
     /// Bumps the change counter `Watch` streams follow.
     pub fn touch(&self) {
         self.changed.send_modify(|version| *version += 1);

@@ -277,6 +277,7 @@ fn experiment_entry(info: &tune_core::store::ExperimentInfo, spec: Arc<Spec>, pr
         asked: Arc::new(Notify::new()),
         changed: watch::channel(0).0,
         elapsed_ms: info.elapsed_ms,
+        running_since: None,
     }
 }
 
@@ -345,6 +346,7 @@ async fn start_experiment(shared: &Arc<Shared>, start: Start) -> Result<String> 
     let run = tokio::spawn(tuner.run_with_runner(move |spec, info, _trials_root| {
         let mut entry = experiment_entry(info, Arc::new(spec.clone()), Progress::default());
         entry.handle = Some(handle);
+        entry.running_since = Some(Instant::now());
         *name_cell.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.name.clone());
         runner_shared.hub().experiments.insert(info.name.clone(), entry);
         let _ = named.send(info.name.clone());
@@ -377,11 +379,15 @@ async fn start_experiment(shared: &Arc<Shared>, start: Start) -> Result<String> 
             let _ = sender.send(Ok(name.clone()));
         }
         let outcome = run.await;
+        let mut elapsed = None;
         let state = match outcome {
-            Ok(Ok(result)) => match result.status {
-                SweepStatus::Finished { cause } => RunState::Finished(cause),
-                SweepStatus::Interrupted => RunState::Interrupted,
-            },
+            Ok(Ok(result)) => {
+                elapsed = Some(result.elapsed);
+                match result.status {
+                    SweepStatus::Finished { cause } => RunState::Finished(cause),
+                    SweepStatus::Interrupted => RunState::Interrupted,
+                }
+            }
             Ok(Err(error)) => RunState::Failed(error.to_string()),
             Err(join) => RunState::Failed(format!("the experiment's task failed: {join}")),
         };
@@ -390,6 +396,10 @@ async fn start_experiment(shared: &Arc<Shared>, start: Start) -> Result<String> 
         }
         let mut hub = watcher_shared.hub();
         if let Some(entry) = hub.experiments.get_mut(&name) {
+            if let Some(elapsed) = elapsed {
+                entry.elapsed_ms = elapsed.as_millis() as u64;
+            }
+            entry.running_since = None;
             entry.state = state;
             entry.handle = None;
             entry.asked.notify_waiters();

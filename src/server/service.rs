@@ -485,7 +485,7 @@ impl Service {
             name: entry.name.clone(),
             spec_json: entry.spec_json.clone(),
             seed: entry.seed,
-            elapsed_ms: entry.elapsed_ms,
+            elapsed_ms: entry.elapsed().as_millis() as u64,
             metric: entry.spec.metric.clone(),
             mode: entry.spec.mode.to_string(),
             state: entry.state.label().to_owned(),
