@@ -678,6 +678,13 @@ fn spread_runs_one_process_per_bundle_on_distinct_agents() {
     let done = wait_until_finished(&url, "spread", Duration::from_secs(120), &[&server, &a, &b]);
     assert_eq!(done.state, "finished", "{done:?}");
     assert_eq!(done.completed + done.stopped, 4, "{done:?}");
+    // The sweep ends when its trials have ended; a process that a STOP answer has not reached
+    // yet may still be starting. Read the ledger once the agents run nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&url, None, "spread").agents.iter().any(|a| a.trials > 0) {
+        assert!(Instant::now() < deadline, "the agents never drained");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let steps = ledger(dir);
     let mut agents_of: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
     for s in &steps {

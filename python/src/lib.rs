@@ -6,6 +6,7 @@
 //! worker processes. Everything that waits (for a trial, a decision, the end of the sweep)
 //! releases the GIL.
 
+mod client;
 mod convert;
 mod results;
 mod standalone;
@@ -58,6 +59,7 @@ pub(crate) fn core_to_py_err(error: tune_core::Error) -> PyErr {
 
 #[pymodule]
 fn _rung(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<client::NativeClient>()?;
     module.add_class::<sweep::Sweep>()?;
     module.add_class::<sweep::Trial>()?;
     module.add_class::<standalone::NativeScheduler>()?;

@@ -37,10 +37,11 @@ from ._space import (
     uniform,
 )
 from ._tuner import Tuner
-from .client import Client
+from .client import AssignedTrial, Client
 
 __all__ = [
     "__version__",
+    "AssignedTrial",
     "Client",
     "Domain",
     "Result",

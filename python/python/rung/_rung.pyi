@@ -76,3 +76,20 @@ class NativeSearcher:
         metrics: Optional[Dict[str, float]] = None,
         failed: bool = False,
     ) -> None: ...
+
+class NativeClient:
+    def __init__(self, url: str, token: Optional[str] = None, ca_cert: Optional[str] = None) -> None: ...
+    def ask(
+        self, experiment: str, worker: str, wait_s: float
+    ) -> Tuple[bool, Optional[Tuple[int, int, str, Optional[Tuple[int, str]]]]]: ...
+    def report(
+        self,
+        experiment: str,
+        trial: int,
+        attempt: int,
+        step: int,
+        metrics: Dict[str, float],
+        checkpoint: Optional[str] = None,
+    ) -> Tuple[str, bool]: ...
+    def checkpoint(self, experiment: str, trial: int, attempt: int, step: int, path: str) -> None: ...
+    def finish(self, experiment: str, trial: int, attempt: int, success: bool, reason: str) -> None: ...

@@ -1,24 +1,172 @@
-"""A Python client of server mode (``rung serve``): not available in this release."""
+"""A Python client of server mode (``rung serve``) for workers that run trials themselves.
+
+::
+
+    client = rung.Client("http://127.0.0.1:7470", token_file="token")
+    for trial in client.trials("my-sweep"):
+        with trial:                      # finishes it: failed if the block raises
+            for step in range(1, 100):
+                loss = train_one_epoch(trial.config)
+                if trial.report(step, loss=loss) != "continue":
+                    break
+
+The experiment's spec has no ``[trial] command``: the server hands its trials to whoever asks.
+Trials launched by ``rung agent`` need no client: ``rung.report`` in them reaches the
+controller through the agent.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import json
+import math
+import socket
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Type, Union
 
-__all__ = ["Client"]
+from . import _rung
+
+__all__ = ["AssignedTrial", "Client"]
+
+_PathLike = Union[str, Path]
+
+
+class AssignedTrial:
+    """A trial the server handed to this worker: its config, and where its reports go."""
+
+    def __init__(
+        self,
+        native: Any,
+        experiment: str,
+        number: int,
+        attempt: int,
+        config: Dict[str, Any],
+        restore: Optional[Tuple[int, str]],
+    ) -> None:
+        self._native = native
+        self.experiment = experiment
+        self.number = number
+        self.attempt = attempt
+        self.config = config
+        self.restore = restore
+        self.finished = False
+
+    @property
+    def id(self) -> str:
+        """The trial's id, e.g. ``"t3"``."""
+        return f"t{self.number}"
+
+    def report(
+        self,
+        step: int,
+        metrics: Optional[Mapping[str, float]] = None,
+        *,
+        checkpoint: Optional[_PathLike] = None,
+        **more: float,
+    ) -> str:
+        """Reports metrics at ``step``; returns ``"continue"``, ``"stop"`` or ``"pause"``.
+
+        The answer comes once the report is committed. A repeated step is acknowledged and not
+        counted again. Values must be finite numbers.
+        """
+        values: Dict[str, float] = dict(metrics or {})
+        values.update(more)
+        if not values:
+            raise ValueError("report needs at least one metric, e.g. report(step, loss=0.3)")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step = {step!r}: must be an integer >= 0")
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"metric {name!r} = {value!r}: must be a number")
+            if not math.isfinite(float(value)):
+                raise ValueError(f'metric "{name}" is {value}: reported values must be finite')
+        path = None if checkpoint is None else str(Path(checkpoint).resolve())
+        decision, _duplicate = self._native.report(
+            self.experiment,
+            self.number,
+            self.attempt,
+            step,
+            {k: float(v) for k, v in values.items()},
+            path,
+        )
+        return str(decision)
+
+    def checkpoint(self, step: int, path: _PathLike) -> None:
+        """Declares ``path`` the checkpoint of an already reported ``step``."""
+        self._native.checkpoint(self.experiment, self.number, self.attempt, step, str(Path(path).resolve()))
+
+    def finish(self, success: bool = True, reason: str = "") -> None:
+        """Ends this trial's run (once; later calls do nothing)."""
+        if self.finished:
+            return
+        self._native.finish(self.experiment, self.number, self.attempt, success, reason)
+        self.finished = True
+
+    def __enter__(self) -> "AssignedTrial":
+        return self
+
+    def __exit__(
+        self,
+        kind: Optional[Type[BaseException]],
+        error: Optional[BaseException],
+        _traceback: Optional[TracebackType],
+    ) -> None:
+        if kind is None:
+            self.finish(True)
+        else:
+            self.finish(False, f"{kind.__name__}: {error}")
+
+    def __repr__(self) -> str:
+        return f"AssignedTrial({self.experiment!r}, {self.id}, attempt={self.attempt}, config={self.config!r})"
 
 
 class Client:
-    """A client of a ``rung serve`` controller (``ask``, ``report``, ``finish``).
+    """A client of a ``rung serve`` controller's ``Trials`` service (ask, report, finish).
 
-    Not part of this release: constructing a Client raises ``NotImplementedError`` rather
-    than pretending to connect. Python trials launched by ``rung agent`` need no client
-    (``rung.report`` reaches the controller through the agent); other programs can call the
-    ``Trials`` service of ``proto/rung/v1/rung.proto`` with any gRPC library.
+    ``token`` (or the first line of ``token_file``) is sent as ``authorization: Bearer``;
+    ``ca_cert`` is a PEM certificate to trust for an ``https://`` server. Errors: ``ValueError``
+    for a request the server refuses (unknown experiment or trial, ended trial, bad value),
+    ``PermissionError`` for a missing or wrong token, ``ConnectionError`` when the server
+    cannot be reached.
     """
 
-    def __init__(self, url: str, token: Optional[str] = None, **_: Any) -> None:
-        raise NotImplementedError(
-            f"rung.Client({url!r}) is not available in this release: run Python trials under "
-            "`rung agent` (rung.report reaches the controller through the agent), or call the "
-            "Trials service of proto/rung/v1/rung.proto with a gRPC library"
-        )
+    def __init__(
+        self,
+        url: str,
+        token: Optional[str] = None,
+        *,
+        token_file: Optional[_PathLike] = None,
+        ca_cert: Optional[_PathLike] = None,
+    ) -> None:
+        if token is not None and token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        if token_file is not None:
+            lines = Path(token_file).read_text().splitlines()
+            token = lines[0].strip() if lines else ""
+            if not token:
+                raise ValueError(f"token_file {token_file}: is empty")
+        self.url = url
+        self._native = _rung.NativeClient(url, token, None if ca_cert is None else str(ca_cert))
+
+    def ask(self, experiment: str, *, worker: Optional[str] = None, wait: float = 30.0) -> Optional[AssignedTrial]:
+        """The next trial of ``experiment`` to run, waiting up to ``wait`` seconds (at most 60);
+        ``None`` when none came (see :meth:`trials` to loop until the experiment ends)."""
+        _finished, assignment = self._native.ask(experiment, worker or socket.gethostname(), float(wait))
+        if assignment is None:
+            return None
+        number, attempt, config_json, restore = assignment
+        return AssignedTrial(self._native, experiment, number, attempt, json.loads(config_json), restore)
+
+    def trials(self, experiment: str, *, worker: Optional[str] = None, wait: float = 30.0) -> Iterator[AssignedTrial]:
+        """Yields trials of ``experiment`` until it has ended."""
+        name = worker or socket.gethostname()
+        while True:
+            finished, assignment = self._native.ask(experiment, name, float(wait))
+            if assignment is not None:
+                number, attempt, config_json, restore = assignment
+                yield AssignedTrial(self._native, experiment, number, attempt, json.loads(config_json), restore)
+            elif finished:
+                return
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
