@@ -117,14 +117,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let sessions = {
         let shared = Arc::clone(&shared);
         async move {
-            let mut backoff = Duration::from_millis(100);
+            let first = Duration::from_millis(100);
+            let mut backoff = first;
             loop {
-                match session(&shared, endpoint.clone()).await {
-                    Ok(()) => backoff = Duration::from_millis(100),
-                    Err(why) => {
-                        tracing::warn!(controller = %shared.config.controller, %why, retry_in = ?backoff, "no session with the controller");
-                    }
+                let began = tokio::time::Instant::now();
+                let why = session(&shared, endpoint.clone()).await.err().unwrap_or_default();
+                if began.elapsed() > Duration::from_secs(10) {
+                    backoff = first; // it was a working session: retry at once
                 }
+                tracing::warn!(controller = %shared.config.controller, %why, retry_in = ?backoff, "no session with the controller");
                 shared.state().session = None;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -260,7 +261,10 @@ fn handle(shared: &Arc<Shared>, message: v1::ControllerMessage) {
             match state.trials.get(&key) {
                 Some(running) if running.attempt == reference.attempt => {
                     tracing::info!(experiment = %key.0, trial = key.1, reason = %stop.reason, kill = stop.kill, "stopping a trial");
+                    // Only a process that has not exited: its group id could belong to
+                    // something else by now.
                     if stop.kill
+                        && !running.exited
                         && let Some(pid) = running.pid
                     {
                         tune_core::runner::kill_process_group(pid);
