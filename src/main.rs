@@ -142,6 +142,10 @@ enum Command {
         /// Seconds between an agent's heartbeats.
         #[arg(long, default_value_t = 2.0)]
         heartbeat_s: f64,
+        /// Seconds a worker that took a trial with Trials.Ask may go without a report before
+        /// the trial is handed out again.
+        #[arg(long, default_value_t = 600.0)]
+        worker_lease_s: f64,
     },
     /// Send a spec to a running server (`rung serve`); prints the experiment's name.
     Submit {
@@ -454,6 +458,7 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             tls_key,
             lease_s,
             heartbeat_s,
+            worker_lease_s,
         } => {
             let positive = |flag: &str, value: f64| {
                 if value.is_finite() && value > 0.0 {
@@ -466,6 +471,7 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             };
             let lease = positive("--lease-s", lease_s)?;
             let heartbeat = positive("--heartbeat-s", heartbeat_s)?;
+            let worker_lease = positive("--worker-lease-s", worker_lease_s)?;
             if heartbeat * 2 > lease {
                 return Err(Error::Usage(format!(
                     "--heartbeat-s {heartbeat_s} must be at most half of --lease-s {lease_s}, or one late heartbeat loses an agent"
@@ -493,6 +499,7 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             config.tls = tls_cert.zip(tls_key);
             config.lease = lease;
             config.heartbeat = heartbeat;
+            config.worker_lease = worker_lease;
             config.reconnect_grace = lease;
             block_on(rung::server::serve_until_signalled(listen, config, specs))?;
             Ok(ExitCode::SUCCESS)

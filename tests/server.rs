@@ -737,3 +737,70 @@ fn sigterm_mid_sweep_stops_trials_commits_and_a_restart_finishes_the_sweep() {
     assert_eq!(assert_reports_complete(&dir.join("server.db"), "paused"), 24);
     assert_no_trial_ran_twice_at_once(&ledger(dir));
 }
+
+#[test]
+fn a_silent_worker_s_trial_is_handed_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let spec = dir.join("ask.toml");
+    std::fs::write(
+        &spec,
+        "name = \"ask\"\nmetric = \"loss\"\nmode = \"min\"\nnum_samples = 1\nmax_concurrent = 1\nseed = 3\n\n[space]\nlr = { uniform = [0.0, 1.0] }\n",
+    )
+    .unwrap();
+    let (server, url) = serve(dir, "127.0.0.1:0", &["--worker-lease-s", "1", spec.to_str().unwrap()]);
+    runtime().block_on(async {
+        let remote = Remote {
+            url: url.clone(),
+            token: None,
+            ca_cert: None,
+        };
+        let mut trials = TrialsClient::new(remote.channel().await.unwrap());
+        let ask = |worker: &str| v1::AskRequest {
+            experiment: "ask".into(),
+            worker: worker.into(),
+            wait_ms: 10_000,
+        };
+        let first = trials
+            .ask(ask("vanishing"))
+            .await
+            .unwrap()
+            .into_inner()
+            .assignment
+            .unwrap();
+        let first_ref = first.trial.clone().unwrap();
+        // It says nothing; after its lease the same trial goes to the next worker, relaunched.
+        let second = trials
+            .ask(ask("steady"))
+            .await
+            .unwrap()
+            .into_inner()
+            .assignment
+            .unwrap();
+        let second_ref = second.trial.clone().unwrap();
+        assert_eq!(second_ref.trial, first_ref.trial);
+        assert_eq!(second_ref.attempt, first_ref.attempt + 1);
+        assert_eq!(second.config_json, first.config_json);
+        // The first worker, back, is told its launch was superseded.
+        let late = trials
+            .report(v1::ReportRequest {
+                trial: Some(first_ref),
+                step: 1,
+                metrics: [("loss".to_owned(), 0.5)].into(),
+                checkpoint: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(late.code(), tonic::Code::FailedPrecondition, "{late:?}");
+        assert!(late.message().contains("superseded"), "{late:?}");
+        trials
+            .finish(v1::FinishRequest {
+                trial: Some(second_ref),
+                success: false,
+                reason: "gave up".into(),
+            })
+            .await
+            .unwrap();
+    });
+    assert!(server.dump().contains("a worker went silent"), "{}", server.dump());
+}

@@ -35,6 +35,8 @@ pub enum Place {
     Asked {
         /// The worker's name.
         worker: String,
+        /// The worker is gone unless it reports (or finishes) by then.
+        deadline: Instant,
     },
     /// Placed on agents: one process on one agent (`pack`), or one process per bundle, each on
     /// its own agent (`spread`).
@@ -187,8 +189,10 @@ pub struct Hub {
     pub hold_until: Instant,
     /// The server is shutting down: nothing new is placed.
     pub closing: bool,
-    /// The agents' URL of this server, for `RUNG_CONTROLLER` is set by agents; kept for logs.
+    /// An agent silent this long is lost.
     pub lease: Duration,
+    /// A worker that took a trial with `Ask` and sends nothing for this long is gone.
+    pub worker_lease: Duration,
 }
 
 /// What the agent session loop must do after a message was handled.
@@ -230,7 +234,7 @@ pub enum Refusal {
 
 impl Hub {
     /// An empty hub.
-    pub fn new(lease: Duration, hold_until: Instant) -> Self {
+    pub fn new(lease: Duration, worker_lease: Duration, hold_until: Instant) -> Self {
         Hub {
             experiments: BTreeMap::new(),
             agents: BTreeMap::new(),
@@ -240,6 +244,7 @@ impl Hub {
             hold_until,
             closing: false,
             lease,
+            worker_lease,
         }
     }
 
@@ -416,9 +421,13 @@ impl Hub {
         checkpoint: &str,
     ) -> Result<Result<std::pin::Pin<Box<dyn Future<Output = Decision> + Send>>, Decision>, Refusal> {
         let metrics = validate_metrics(metrics)?;
+        let worker_lease = self.worker_lease;
         let live = self.live_mut(reference, agent)?;
-        if live.stopping && matches!(live.place, Place::Asked { .. }) {
-            return Ok(Err(Decision::Stop));
+        if let Place::Asked { deadline, .. } = &mut live.place {
+            if live.stopping {
+                return Ok(Err(Decision::Stop));
+            }
+            *deadline = Instant::now() + worker_lease;
         }
         if live.last_step.is_some_and(|last| step <= last) {
             return Ok(Err(live.last_decision));
@@ -450,7 +459,11 @@ impl Hub {
         if path.is_empty() {
             return Err(Refusal::Invalid("checkpoint.path is empty".into()));
         }
+        let worker_lease = self.worker_lease;
         let live = self.live_mut(reference, None)?;
+        if let Place::Asked { deadline, .. } = &mut live.place {
+            *deadline = Instant::now() + worker_lease;
+        }
         match live.last_step {
             Some(last) if last == step => {}
             last => {
@@ -556,6 +569,7 @@ impl Hub {
             };
             live.place = Place::Asked {
                 worker: worker.to_owned(),
+                deadline: Instant::now() + self.worker_lease,
             };
             return Ok(Some(v1::TrialAssignment {
                 trial: Some(v1::TrialRef {
@@ -745,6 +759,36 @@ impl Hub {
         expired
     }
 
+    /// Trials given to workers that have sent nothing within their lease go back to the ask
+    /// queue as new launches (from their checkpoints). Returns how many.
+    pub fn expire_workers(&mut self, now: Instant) -> usize {
+        let lease = self.worker_lease;
+        let mut expired = 0;
+        for entry in self.experiments.values_mut() {
+            let gone: Vec<TrialId> = entry
+                .trials
+                .iter()
+                .filter(|(_, live)| matches!(&live.place, Place::Asked { deadline, .. } if *deadline <= now))
+                .map(|(trial, _)| *trial)
+                .collect();
+            for trial in gone {
+                let live = entry.trials.remove(&trial).expect("listed above");
+                let worker = match &live.place {
+                    Place::Asked { worker, .. } => worker.clone(),
+                    _ => unreachable!("filtered above"),
+                };
+                tracing::warn!(experiment = %entry.name, %trial, %worker, "a worker went silent: its trial is handed out again");
+                if let Some(exit) = live.exit {
+                    let _ = exit.send(Outcome::Lost {
+                        reason: format!("worker {worker} sent nothing for {:.0}s", lease.as_secs_f64()),
+                    });
+                }
+                expired += 1;
+            }
+        }
+        expired
+    }
+
     /// Why each queued trial of an experiment waits.
     pub fn waiting(&self, experiment: &str) -> Vec<v1::Waiting> {
         let Some(entry) = self.experiments.get(experiment) else {
@@ -795,7 +839,7 @@ impl Hub {
                     .collect::<Vec<_>>()
                     .join(","),
             ),
-            Place::Asked { worker } => Some(worker.clone()),
+            Place::Asked { worker, .. } => Some(worker.clone()),
             _ => None,
         }
     }

@@ -44,6 +44,9 @@ pub struct ServeConfig {
     pub heartbeat: Duration,
     /// An agent whose last message is older than this is lost.
     pub lease: Duration,
+    /// A worker that took a trial with `Trials.Ask` and reports nothing for this long is gone:
+    /// the trial is handed out again.
+    pub worker_lease: Duration,
     /// After a restart that resumed experiments, placement waits this long for agents to
     /// reconnect (so what they still run is settled before anything is relaunched).
     pub reconnect_grace: Duration,
@@ -52,7 +55,8 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// Defaults: heartbeat 2 s, lease 10 s, no token, no TLS, 4 MiB messages.
+    /// Defaults: heartbeat 2 s, agent lease 10 s, worker lease 10 min, no token, no TLS, 4 MiB
+    /// messages.
     pub fn new(db: PathBuf) -> Self {
         ServeConfig {
             db,
@@ -60,6 +64,7 @@ impl ServeConfig {
             tls: None,
             heartbeat: Duration::from_secs(2),
             lease: Duration::from_secs(10),
+            worker_lease: Duration::from_secs(600),
             reconnect_grace: Duration::from_secs(10),
             max_message_bytes: 4 << 20,
         }
@@ -115,7 +120,7 @@ pub async fn serve(
         Instant::now() + config.reconnect_grace
     };
     let shared = Arc::new(Shared {
-        hub: Mutex::new(Hub::new(config.lease, hold_until)),
+        hub: Mutex::new(Hub::new(config.lease, config.worker_lease, hold_until)),
         config,
         placement: Notify::new(),
         runs: Mutex::new(Vec::new()),
@@ -154,9 +159,10 @@ pub async fn serve(
                 let now = Instant::now();
                 let mut hub = shared.hub();
                 let lost = hub.expire_leases(now);
+                let gone = hub.expire_workers(now);
                 hub.place(now);
                 drop(hub);
-                if !lost.is_empty() {
+                if !lost.is_empty() || gone > 0 {
                     shared.placement.notify_one();
                 }
             }
