@@ -179,7 +179,8 @@ pub struct Hub {
     pub experiments: BTreeMap<String, Experiment>,
     /// Agents by id.
     pub agents: BTreeMap<String, Agent>,
-    /// Capacity and allocations of the agents with a session.
+    /// Capacity and allocations of the agents that are not lost (a disconnected agent within
+    /// its lease keeps its place; what is placed on it waits in its outbox).
     pub cluster: Cluster,
     /// Launches waiting for an agent, in launch order.
     pub queue: VecDeque<TrialKey>,
