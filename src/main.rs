@@ -713,21 +713,28 @@ async fn watch_experiment(remote: &Remote, name: &str) -> Result<(), Error> {
         .await
         .map_err(rung::remote::status_error)?
         .into_inner();
+    let mut last_print: Option<std::time::Instant> = None;
     while let Some(status) = stream.message().await.map_err(rung::remote::status_error)? {
+        // A line every two seconds at most, and the last one.
+        let running = status.state == "running";
+        if running && last_print.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(2)) {
+            continue;
+        }
+        last_print = Some(std::time::Instant::now());
         let best = status.best.as_ref().map_or_else(
             || "none yet".to_owned(),
             |b| format!("t{} {}={}", b.trial, status.metric, b.value),
         );
         let done = status.completed + status.stopped + status.sweep_ended + status.errored;
+        let waiting = status.waiting.len() as u64;
         eprintln!(
-            "[rung] {}: {} · {done} done ({} completed, {} stopped, {} errored), {} running, {} waiting · best {best}",
+            "[rung] {}: {} · {done} done ({} completed, {} stopped, {} errored), {} running, {waiting} waiting for a place · best {best}",
             status.name,
             status.state,
             status.completed,
             status.stopped,
             status.errored,
-            status.running,
-            status.waiting.len()
+            status.running.saturating_sub(waiting),
         );
         if status.state != "running" {
             break;

@@ -137,8 +137,8 @@ pub async fn serve(
         hub.experiments.insert(info.name.clone(), entry);
     }
     for name in &resuming {
-        tracing::info!(experiment = %name, "resuming");
         start_experiment(&shared, Start::Resume(name.clone())).await?;
+        eprintln!("[rung] experiment \"{name}\" resumed");
     }
     for spec in specs {
         if existing.iter().any(|e| e.name == spec.name) {
@@ -146,7 +146,7 @@ pub async fn serve(
             continue;
         }
         let name = start_experiment(&shared, Start::New(Box::new(spec))).await?;
-        tracing::info!(experiment = %name, "started");
+        eprintln!("[rung] experiment \"{name}\" started");
     }
 
     // Placement: whenever something changed, and every heartbeat (leases, the restart hold).
@@ -402,6 +402,22 @@ async fn start_experiment(shared: &Arc<Shared>, start: Start) -> Result<String> 
         }
         let mut hub = watcher_shared.hub();
         if let Some(entry) = hub.experiments.get_mut(&name) {
+            let progress = &entry.progress;
+            let best = progress.best.map_or_else(
+                || "none".to_owned(),
+                |(trial, value, step)| format!("{trial} {}={value} at step {step}", entry.spec.metric),
+            );
+            match &state {
+                RunState::Finished(cause) => eprintln!(
+                    "[rung] experiment \"{name}\" finished ({cause}): {} completed, {} stopped, {} errored; best {best}",
+                    progress.completed, progress.stopped, progress.errored
+                ),
+                RunState::Failed(why) => eprintln!("[rung] experiment \"{name}\" failed: {why}"),
+                RunState::Interrupted => {
+                    eprintln!("[rung] experiment \"{name}\" stopped for now; it resumes when the server starts again")
+                }
+                RunState::Running => {}
+            }
             if let Some(elapsed) = elapsed {
                 entry.elapsed_ms = elapsed.as_millis() as u64;
             }

@@ -530,7 +530,7 @@ impl Experiments for Service {
         let name = super::start_experiment(&self.shared, super::Start::New(Box::new(spec)))
             .await
             .map_err(Status::from)?;
-        tracing::info!(experiment = %name, "submitted");
+        eprintln!("[rung] experiment \"{name}\" submitted");
         Ok(Response::new(self.status_of(&name)?))
     }
 
