@@ -670,7 +670,13 @@ fn spread_runs_one_process_per_bundle_on_distinct_agents() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let spec = asha_spec(dir, "spread", 4, "[{ cpu = 1, gpu = 1 }, { cpu = 1, gpu = 1 }]");
-    let text = std::fs::read_to_string(&spec).unwrap() + "placement = \"spread\"\n";
+    // FIFO: both processes of every trial run to the end (a trial stopped early may have its
+    // second process stopped before it starts, which is right, but leaves nothing to check).
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "kind = \"asha\"\nmax_t = 9\ngrace_period = 1\nreduction_factor = 3\n",
+        "kind = \"fifo\"\n",
+    ) + "placement = \"spread\"\n";
+    assert!(text.contains("kind = \"fifo\""), "{text}");
     std::fs::write(&spec, text).unwrap();
     let (server, url) = serve(dir, "127.0.0.1:0", &[spec.to_str().unwrap()]);
     let a = agent(dir, &url, "left", 1, &[]);
