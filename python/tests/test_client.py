@@ -13,7 +13,7 @@ from typing import Iterator, List, Tuple
 import pytest
 
 import rung
-from conftest import REPO
+from conftest import HERE, REPO
 
 SPEC = """
 name = "ask"
@@ -122,3 +122,70 @@ def test_refusals_are_python_exceptions_that_say_why(server: Tuple[str, Path]) -
         trial.report(1, loss=0.5)
     with pytest.raises(ConnectionError):
         rung.Client("http://127.0.0.1:9")
+
+
+def test_a_trial_launched_by_an_agent_reports_over_grpc(tmp_path: Path) -> None:
+    import sys
+
+    spec = SPEC.replace('name = "ask"', 'name = "direct"') + (
+        f'\n[trial]\ncommand = ["{sys.executable}", "{HERE / "direct_trial.py"}"]\n'
+    )
+    (tmp_path / "direct.toml").write_text(spec)
+    (tmp_path / "token").write_text("py-token\n")
+    binary = str(rung_binary())
+    server = subprocess.Popen(
+        [binary, "serve", "--db", "server.db", "--listen", "127.0.0.1:0", "--token-file", "token", "direct.toml"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    agent = None
+    try:
+        assert server.stderr is not None
+        url = None
+        while url is None:
+            line = server.stderr.readline()
+            assert line, "the server exited"
+            if "serving" in line:
+                url = next(word for word in line.split() if word.startswith("http"))
+        threading.Thread(target=server.stderr.read, daemon=True).start()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        agent = subprocess.Popen(
+            [binary, "agent", "--controller", url, "--token-file", "token", "--gpus", "none", "--work-dir", "work"],
+            cwd=tmp_path,
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            shown = subprocess.run(
+                [binary, "status", "--server", url, "--token-file", "token", "--json"],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            status = json.loads(shown.stdout)
+            if status["state"] != "running" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert status["state"] == "finished", status
+        assert status["counts"]["completed"] == 3, status
+        # Nothing went through stdout: the trials' logs hold no report lines.
+        logs = "".join(p.read_text() for p in (tmp_path / "work" / "direct").glob("t*/trial.log"))
+        assert "rung:report" not in logs
+        exported = subprocess.run(
+            [binary, "export", "--server", url, "--token-file", "token", "--format", "json"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rows = json.loads(exported.stdout)
+        assert [row["steps"] for row in rows] == [3, 3, 3]
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(timeout=30)
+        server.terminate()
+        server.wait(timeout=30)

@@ -375,6 +375,13 @@ fn prepare(config: &AgentConfig, launch: &v1::Launch) -> Result<(ProcessConfig, 
     env.insert("RUNG_CONTROLLER".into(), config.controller.clone());
     env.insert("RUNG_ATTEMPT".into(), reference.attempt.to_string());
     env.insert("RUNG_AGENT".into(), config.name.clone());
+    // What a trial needs to report to the controller itself (rung.Client.this_trial()).
+    if let Some(token) = &config.token {
+        env.insert("RUNG_TOKEN".into(), token.clone());
+    }
+    if let Some(ca) = &config.ca_cert {
+        env.insert("RUNG_CA_CERT".into(), ca.display().to_string());
+    }
     // NVML numbers GPUs in PCI bus order; make CUDA number them the same way.
     env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
     if launch.bundles > 1 {

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 from pathlib import Path
 from types import TracebackType
@@ -50,6 +51,8 @@ class AssignedTrial:
         self.config = config
         self.restore = restore
         self.finished = False
+        # A trial launched by an agent ends when its process does: the agent says so.
+        self._agent_ends_it = False
 
     @property
     def id(self) -> str:
@@ -96,8 +99,9 @@ class AssignedTrial:
         self._native.checkpoint(self.experiment, self.number, self.attempt, step, str(Path(path).resolve()))
 
     def finish(self, success: bool = True, reason: str = "") -> None:
-        """Ends this trial's run (once; later calls do nothing)."""
-        if self.finished:
+        """Ends this trial's run (once; later calls do nothing). For a trial launched by
+        ``rung agent`` (:meth:`Client.this_trial`) this does nothing: its exit ends it."""
+        if self.finished or self._agent_ends_it:
             return
         self._native.finish(self.experiment, self.number, self.attempt, success, reason)
         self.finished = True
@@ -147,6 +151,31 @@ class Client:
                 raise ValueError(f"token_file {token_file}: is empty")
         self.url = url
         self._native = _rung.NativeClient(url, token, None if ca_cert is None else str(ca_cert))
+
+    @classmethod
+    def this_trial(cls) -> AssignedTrial:
+        """The trial this process runs, when ``rung agent`` launched it: its reports go straight
+        to the controller over gRPC (``RUNG_CONTROLLER``, with ``RUNG_TOKEN`` and
+        ``RUNG_CA_CERT`` when the agent has them) instead of through ``rung:report`` lines.
+        The agent still reports the process's exit, so there is nothing to finish."""
+        missing = [name for name in ("RUNG_CONTROLLER", "RUNG_EXPERIMENT", "RUNG_TRIAL_ID") if not os.environ.get(name)]
+        if missing:
+            raise RuntimeError(f"this process was not launched by rung agent: {', '.join(missing)} not set")
+        client = cls(
+            os.environ["RUNG_CONTROLLER"],
+            os.environ.get("RUNG_TOKEN") or None,
+            ca_cert=os.environ.get("RUNG_CA_CERT") or None,
+        )
+        trial = AssignedTrial(
+            client._native,
+            os.environ["RUNG_EXPERIMENT"],
+            int(os.environ["RUNG_TRIAL_ID"].lstrip("t")),
+            int(os.environ.get("RUNG_ATTEMPT", "0")),
+            json.loads(os.environ.get("RUNG_CONFIG", "{}")),
+            None,
+        )
+        trial._agent_ends_it = True
+        return trial
 
     def ask(self, experiment: str, *, worker: Optional[str] = None, wait: float = 30.0) -> Optional[AssignedTrial]:
         """The next trial of ``experiment`` to run, waiting up to ``wait`` seconds (at most 60);
