@@ -2,9 +2,8 @@
 //! experiment back in the shapes the local commands print.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tune_core::controller::TrialRow;
 use tune_core::store::ExperimentInfo;
 use tune_core::trial::{Metrics, Report, TrialId, TrialStatus};
@@ -46,21 +45,8 @@ pub fn read_token(path: &Path) -> Result<String> {
 impl Remote {
     /// Connects (within 5 s).
     pub async fn channel(&self) -> Result<Channel> {
-        let mut endpoint = Endpoint::from_shared(self.url.clone())
-            .map_err(|e| Error::Usage(format!("--server {}: {e}", self.url)))?
-            .connect_timeout(Duration::from_secs(5));
-        if self.url.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new();
-            if let Some(path) = &self.ca_cert {
-                let pem = std::fs::read(path)
-                    .map_err(|e| Error::Usage(format!("cannot read --ca-cert {}: {e}", path.display())))?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| Error::Usage(format!("TLS for {}: {e}", self.url)))?;
-        }
-        endpoint
+        tune_proto::endpoint(&self.url, self.ca_cert.as_deref())
+            .map_err(Error::Usage)?
             .connect()
             .await
             .map_err(|e| Error::Usage(format!("cannot reach the server at {}: {e}", self.url)))

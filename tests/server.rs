@@ -173,12 +173,16 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn status(url: &str, token: Option<&str>, name: &str) -> v1::ExperimentStatus {
-    let remote = Remote {
+/// A client of `url` without token or CA.
+fn plain(url: &str) -> Remote {
+    Remote {
         url: url.to_owned(),
-        token: token.map(str::to_owned),
+        token: None,
         ca_cert: None,
-    };
+    }
+}
+
+fn status(remote: &Remote, name: &str) -> v1::ExperimentStatus {
     runtime().block_on(async {
         let mut client = remote.experiments().await.unwrap();
         client
@@ -189,10 +193,10 @@ fn status(url: &str, token: Option<&str>, name: &str) -> v1::ExperimentStatus {
     })
 }
 
-fn wait_until_finished(url: &str, name: &str, timeout: Duration, procs: &[&Proc]) -> v1::ExperimentStatus {
+fn wait_until_finished(remote: &Remote, name: &str, timeout: Duration, procs: &[&Proc]) -> v1::ExperimentStatus {
     let deadline = Instant::now() + timeout;
     loop {
-        let status = status(url, None, name);
+        let status = status(remote, name);
         if status.state != "running" {
             return status;
         }
@@ -346,7 +350,12 @@ fn three_agents_run_a_gpu_sweep_without_overcommitting_a_device() {
     assert!(submitted.status.success(), "{submitted:?}");
     assert_eq!(String::from_utf8_lossy(&submitted.stdout).trim(), "too-big");
 
-    let done = wait_until_finished(&url, "gpu-asha", Duration::from_secs(240), &[&server, &a, &b, &c]);
+    let done = wait_until_finished(
+        &plain(&url),
+        "gpu-asha",
+        Duration::from_secs(240),
+        &[&server, &a, &b, &c],
+    );
     assert_eq!(done.state, "finished", "{done:?}");
     assert_eq!(done.created, 200);
     assert_eq!(done.completed + done.stopped, 200, "{done:?}");
@@ -369,7 +378,7 @@ fn three_agents_run_a_gpu_sweep_without_overcommitting_a_device() {
     assert!(devices.contains(&("one-gpu".into(), "0".into())), "{devices:?}");
     assert_no_trial_ran_twice_at_once(&steps);
 
-    let waiting = status(&url, None, "too-big");
+    let waiting = status(&plain(&url), "too-big");
     assert_eq!(waiting.state, "running");
     assert!(
         waiting
@@ -424,7 +433,7 @@ fn a_killed_agent_s_trials_resume_elsewhere_and_a_restarted_controller_loses_not
     let (server, url2) = serve(dir, &format!("127.0.0.1:{port}"), &[spec.to_str().unwrap()]);
     assert_eq!(url, url2);
 
-    let done = wait_until_finished(&url, "survive", Duration::from_secs(240), &[&server, &keeper]);
+    let done = wait_until_finished(&plain(&url), "survive", Duration::from_secs(240), &[&server, &keeper]);
     assert_eq!(done.state, "finished", "{done:?}");
     assert_eq!(done.completed + done.stopped, 40, "{done:?}");
     assert_eq!(assert_reports_complete(&dir.join("server.db"), "survive"), 40);
@@ -494,26 +503,11 @@ fn tokens_are_required_and_garbage_does_not_take_the_server_down() {
 
     // The server still answers, and an agent with the token runs the sweep to its end.
     let keeper = agent(dir, &url, "with-token", 0, &["--token-file", "token"]);
-    let done = runtime().block_on(async {
-        let remote = Remote {
-            url: url.clone(),
-            token: Some("s3cret-token".into()),
-            ca_cert: None,
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let mut client = remote.experiments().await.unwrap();
-            let status = client
-                .get(remote.request(v1::GetRequest { name: "guarded".into() }))
-                .await
-                .unwrap()
-                .into_inner();
-            if status.state != "running" || Instant::now() > deadline {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let remote = Remote {
+        token: Some("s3cret-token".into()),
+        ..plain(&url)
+    };
+    let done = wait_until_finished(&remote, "guarded", Duration::from_secs(120), &[&server, &keeper]);
     assert_eq!(done.state, "finished", "{done:?}\n{}", keeper.dump());
     assert_eq!(done.completed + done.stopped, 4);
 }
@@ -626,21 +620,7 @@ fn tls_serves_agents_and_the_cli_and_sigterm_shuts_down_cleanly() {
         token: None,
         ca_cert: Some(dir.join("cert.pem")),
     };
-    let done = runtime().block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let mut client = remote.experiments().await.unwrap();
-            let status = client
-                .get(remote.request(v1::GetRequest { name: "secure".into() }))
-                .await
-                .unwrap()
-                .into_inner();
-            if status.state != "running" || Instant::now() > deadline {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let done = wait_until_finished(&remote, "secure", Duration::from_secs(120), &[&server, &keeper]);
     assert_eq!(done.state, "finished", "{done:?}\n{}", keeper.dump());
     assert_eq!(done.completed + done.stopped, 6);
 
@@ -681,13 +661,13 @@ fn spread_runs_one_process_per_bundle_on_distinct_agents() {
     let (server, url) = serve(dir, "127.0.0.1:0", &[spec.to_str().unwrap()]);
     let a = agent(dir, &url, "left", 1, &[]);
     let b = agent(dir, &url, "right", 1, &[]);
-    let done = wait_until_finished(&url, "spread", Duration::from_secs(120), &[&server, &a, &b]);
+    let done = wait_until_finished(&plain(&url), "spread", Duration::from_secs(120), &[&server, &a, &b]);
     assert_eq!(done.state, "finished", "{done:?}");
     assert_eq!(done.completed + done.stopped, 4, "{done:?}");
     // The sweep ends when its trials have ended; a process that a STOP answer has not reached
     // yet may still be starting. Read the ledger once the agents run nothing.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while status(&url, None, "spread").agents.iter().any(|a| a.trials > 0) {
+    while status(&plain(&url), "spread").agents.iter().any(|a| a.trials > 0) {
         assert!(Instant::now() < deadline, "the agents never drained");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -737,7 +717,7 @@ fn sigterm_mid_sweep_stops_trials_commits_and_a_restart_finishes_the_sweep() {
         assert!(!reports.is_empty());
     }
     let (server, _) = serve(dir, &format!("127.0.0.1:{port}"), &[spec.to_str().unwrap()]);
-    let done = wait_until_finished(&url, "paused", Duration::from_secs(120), &[&server, &worker]);
+    let done = wait_until_finished(&plain(&url), "paused", Duration::from_secs(120), &[&server, &worker]);
     assert_eq!(done.state, "finished", "{done:?}");
     assert_eq!(done.completed + done.stopped, 24, "{done:?}");
     assert_eq!(assert_reports_complete(&dir.join("server.db"), "paused"), 24);

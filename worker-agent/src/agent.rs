@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 use tune_core::controller::{CheckpointRef, Launch, Outcome};
 use tune_core::resources::Inventory;
 use tune_core::runner::{ProcessConfig, TrialSink, run_process};
@@ -152,23 +152,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
 }
 
 fn endpoint(config: &AgentConfig) -> Result<Endpoint, AgentError> {
-    let mut endpoint = Endpoint::from_shared(config.controller.clone())
-        .map_err(|e| AgentError::Setup(format!("--controller {}: {e}", config.controller)))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10));
-    if config.controller.starts_with("https://") {
-        let mut tls = ClientTlsConfig::new();
-        if let Some(path) = &config.ca_cert {
-            let pem = std::fs::read(path)
-                .map_err(|e| AgentError::Setup(format!("cannot read --ca-cert {}: {e}", path.display())))?;
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
-        }
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| AgentError::Setup(format!("TLS for {}: {e}", config.controller)))?;
-    }
-    Ok(endpoint)
+    tune_proto::endpoint(&config.controller, config.ca_cert.as_deref())
+        .map_err(|e| AgentError::Setup(format!("--controller: {e}")))
 }
 
 fn with_token<T>(token: &Option<String>, message: T) -> tonic::Request<T> {
