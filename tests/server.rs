@@ -173,6 +173,19 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A spec named "ask" without a command: its trials go to workers that call `Trials.Ask`.
+fn ask_spec(dir: &Path, samples: u32) -> PathBuf {
+    let path = dir.join("ask.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"ask\"\nmetric = \"loss\"\nmode = \"min\"\nnum_samples = {samples}\nmax_concurrent = 1\nseed = 3\n\n[space]\nlr = {{ uniform = [0.0, 1.0] }}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// A client of `url` without token or CA.
 fn plain(url: &str) -> Remote {
     Remote {
@@ -516,20 +529,10 @@ fn tokens_are_required_and_garbage_does_not_take_the_server_down() {
 fn external_workers_ask_report_idempotently_and_get_precise_errors() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let spec = dir.join("ask.toml");
-    std::fs::write(
-        &spec,
-        "name = \"ask\"\nmetric = \"loss\"\nmode = \"min\"\nnum_samples = 2\nmax_concurrent = 1\nseed = 3\n\n[space]\nlr = { uniform = [0.0, 1.0] }\n",
-    )
-    .unwrap();
+    let spec = ask_spec(dir, 2);
     let (server, url) = serve(dir, "127.0.0.1:0", &[spec.to_str().unwrap()]);
     runtime().block_on(async {
-        let remote = Remote {
-            url: url.clone(),
-            token: None,
-            ca_cert: None,
-        };
-        let mut trials = TrialsClient::new(remote.channel().await.unwrap());
+        let mut trials = TrialsClient::new(plain(&url).channel().await.unwrap());
         let asked = trials
             .ask(v1::AskRequest {
                 experiment: "ask".into(),
@@ -728,20 +731,10 @@ fn sigterm_mid_sweep_stops_trials_commits_and_a_restart_finishes_the_sweep() {
 fn a_silent_worker_s_trial_is_handed_out_again() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let spec = dir.join("ask.toml");
-    std::fs::write(
-        &spec,
-        "name = \"ask\"\nmetric = \"loss\"\nmode = \"min\"\nnum_samples = 1\nmax_concurrent = 1\nseed = 3\n\n[space]\nlr = { uniform = [0.0, 1.0] }\n",
-    )
-    .unwrap();
+    let spec = ask_spec(dir, 1);
     let (server, url) = serve(dir, "127.0.0.1:0", &["--worker-lease-s", "1", spec.to_str().unwrap()]);
     runtime().block_on(async {
-        let remote = Remote {
-            url: url.clone(),
-            token: None,
-            ca_cert: None,
-        };
-        let mut trials = TrialsClient::new(remote.channel().await.unwrap());
+        let mut trials = TrialsClient::new(plain(&url).channel().await.unwrap());
         let ask = |worker: &str| v1::AskRequest {
             experiment: "ask".into(),
             worker: worker.into(),
