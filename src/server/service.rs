@@ -287,7 +287,6 @@ impl Agents for Service {
                         break;
                     }
                 };
-                shared.hub().renew(&agent, Instant::now());
                 match handle_agent_message(&shared, &agent, message) {
                     Ok(Followup::None) => {}
                     Ok(Followup::Decide {
@@ -339,21 +338,25 @@ fn handle_agent_message(
     };
     match body {
         Body::Hello(_) => Err(Status::invalid_argument("a second hello in one session")),
-        Body::Heartbeat(_) | Body::Started(_) => Ok(Followup::None),
+        Body::Heartbeat(_) | Body::Started(_) => {
+            shared.hub().renew(agent, Instant::now());
+            Ok(Followup::None)
+        }
         Body::Report(report) => {
             let seq = report.seq;
             let answer = trial_ref(report.trial.clone()).and_then(|reference| {
-                shared
-                    .hub()
-                    .report(
-                        &reference,
-                        Some(agent),
-                        report.step,
-                        &report.metrics,
-                        &report.checkpoint,
-                    )
-                    .map_err(Status::from)
-                    .map(|pending| (reference, pending))
+                // One lock per report: any message renews the agent's lease.
+                let mut hub = shared.hub();
+                hub.renew(agent, Instant::now());
+                hub.report(
+                    &reference,
+                    Some(agent),
+                    report.step,
+                    &report.metrics,
+                    &report.checkpoint,
+                )
+                .map_err(Status::from)
+                .map(|pending| (reference, pending))
             });
             match answer {
                 Ok((reference, Ok(decision))) => Ok(Followup::Decide {
@@ -384,10 +387,9 @@ fn handle_agent_message(
                 }
             };
             let result = trial_ref(exited.trial.clone()).and_then(|reference| {
-                shared
-                    .hub()
-                    .exited(&reference, Some(agent), outcome)
-                    .map_err(Status::from)
+                let mut hub = shared.hub();
+                hub.renew(agent, Instant::now());
+                hub.exited(&reference, Some(agent), outcome).map_err(Status::from)
             });
             acknowledge(shared, agent, seq, Decision::Stop);
             shared.place_now();
