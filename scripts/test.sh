@@ -20,3 +20,5 @@ VIRTUAL_ENV="$PWD/$venv" "$venv/bin/maturin" develop --quiet --manifest-path pyt
 "$venv/bin/ruff" check --config python/pyproject.toml python/python python/tests examples/python benches/python
 "$venv/bin/mypy" --config-file python/pyproject.toml python/python/rung
 "$venv/bin/pytest" python/tests -q
+# deploy/: the Helm chart and manifests against the Kubernetes API schemas (no cluster needed).
+bash scripts/validate-deploy.sh

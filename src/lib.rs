@@ -11,6 +11,7 @@ pub mod remote;
 pub mod server;
 pub mod simulate;
 pub mod spec;
+pub mod tracking;
 pub mod tuner;
 pub mod workloads;
 

@@ -127,7 +127,8 @@ enum Command {
         /// Where to listen (port 0: any free port, printed at start).
         #[arg(long, default_value = "127.0.0.1:7470")]
         listen: std::net::SocketAddr,
-        /// A file whose first line is the token every call must carry (`authorization: Bearer`).
+        /// A file whose first line is the token every rung call must carry (`authorization:
+        /// Bearer`); the gRPC health service (for probes) needs none.
         #[arg(long)]
         token_file: Option<PathBuf>,
         /// PEM certificate chain: serve TLS (needs --tls-key).
@@ -202,6 +203,10 @@ enum Command {
         /// trials share this folder (NFS, a volume).
         #[arg(long, default_value = "rung-agent")]
         work_dir: PathBuf,
+        /// Answer health checks over HTTP on ADDR (e.g. 0.0.0.0:7471): `GET /ready` is 200 while
+        /// the agent has a session with the controller and 503 otherwise, `GET /live` is 200.
+        #[arg(long, value_name = "ADDR")]
+        health_listen: Option<std::net::SocketAddr>,
         /// Print what the machine offers and exit.
         #[arg(long)]
         dry_run: bool,
@@ -563,6 +568,7 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             resources,
             name,
             work_dir,
+            health_listen,
             dry_run,
         } => {
             use rung::tune_worker_agent::{agent, gpu, inventory};
@@ -602,11 +608,25 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                 work_dir,
                 inventory: offered,
             };
-            block_on(agent::run(config, async {
-                rung::server::shutdown_signal().await;
-                eprintln!("[rung] agent stopping: stopping its trials");
-            }))
-            .map_err(|e| Error::Usage(e.to_string()))?;
+            block_on(async {
+                let health = match health_listen {
+                    Some(address) => {
+                        let listener = tokio::net::TcpListener::bind(address)
+                            .await
+                            .map_err(|e| Error::Usage(format!("--health-listen {address}: {e}")))?;
+                        let bound = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+                        eprintln!("[rung] agent health on http://{bound}/ready");
+                        Some(listener)
+                    }
+                    None => None,
+                };
+                agent::run_with_health(config, health, async {
+                    rung::server::shutdown_signal().await;
+                    eprintln!("[rung] agent stopping: stopping its trials");
+                })
+                .await
+                .map_err(|e| Error::Usage(e.to_string()))
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { target, json } => {

@@ -84,6 +84,59 @@ pub struct Spec {
     /// How a trial runs.
     #[serde(default)]
     pub trial: TrialSpec,
+    /// Where the sweep is mirrored for experiment tracking (MLflow); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<Tracking>,
+}
+
+/// The `[tracking]` table: mirror the sweep into an MLflow tracking server.
+///
+/// The sweep becomes a parent run and each trial a child run (see [`crate::tracking`]). The
+/// table turns tracking on; `MLFLOW_TRACKING_URI` is only read when it has no `mlflow_uri`, so a
+/// machine-wide MLflow setting does not change sweeps that do not ask for tracking.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracking {
+    /// The MLflow server, `http://host:port` or `https://...`; `MLFLOW_TRACKING_URI` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlflow_uri: Option<String>,
+    /// The MLflow experiment to log into; the rung experiment's name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    /// How long, once the sweep has ended, rung waits for the backlog to reach MLflow before it
+    /// gives up and says what was left unsent (default 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_timeout_s: Option<f64>,
+}
+
+/// The environment variable that names the MLflow server when `[tracking]` has no `mlflow_uri`.
+pub const MLFLOW_TRACKING_URI: &str = "MLFLOW_TRACKING_URI";
+
+impl Tracking {
+    /// The MLflow server to use, checked: `mlflow_uri`, else `$MLFLOW_TRACKING_URI`. The error
+    /// names the setting (or the variable) the bad value came from.
+    pub fn resolve_uri(&self) -> Result<String> {
+        self.resolve_uri_with(std::env::var(MLFLOW_TRACKING_URI).ok())
+    }
+
+    /// [`Tracking::resolve_uri`] with the environment variable's value given.
+    pub fn resolve_uri_with(&self, from_env: Option<String>) -> Result<String> {
+        let (setting, uri) = match (&self.mlflow_uri, from_env) {
+            (Some(uri), _) => ("tracking.mlflow_uri", uri.clone()),
+            (None, Some(uri)) => (MLFLOW_TRACKING_URI, uri),
+            (None, None) => {
+                return Err(Error::Core(tune_core::Error::setting(
+                    "tracking.mlflow_uri",
+                    format!(
+                        "is missing: [tracking] needs the MLflow server's URL (e.g. \"http://127.0.0.1:5000\"), here or in {MLFLOW_TRACKING_URI}"
+                    ),
+                )));
+            }
+        };
+        crate::tracking::check_mlflow_uri(&uri)
+            .map_err(|message| Error::Core(tune_core::Error::setting(setting, message)))?;
+        Ok(uri.trim_end_matches('/').to_owned())
+    }
 }
 
 /// The `[trial]` table.
@@ -99,6 +152,10 @@ pub struct TrialSpec {
     /// Keep the N best checkpoints of each trial (and its most recent); all when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_keep: Option<usize>,
+    /// Where checkpoints go: `s3://bucket/prefix` or `file:///path`; each trial's folder when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_storage: Option<String>,
     /// Seconds between SIGTERM and SIGKILL when a trial is stopped.
     #[serde(default = "default_stop_grace")]
     pub stop_grace_s: f64,
@@ -194,6 +251,7 @@ impl Default for TrialSpec {
             command: Vec::new(),
             max_failures: 0,
             checkpoint_keep: None,
+            checkpoint_storage: None,
             stop_grace_s: default_stop_grace(),
             env: BTreeMap::new(),
             workdir: None,
@@ -231,6 +289,7 @@ impl Spec {
             searcher: SearcherConfig::default(),
             scheduler: SchedulerConfig::default(),
             trial: TrialSpec::default(),
+            tracking: None,
         }
     }
 
@@ -385,6 +444,14 @@ impl Spec {
                 ),
             );
         }
+        if let Some(uri) = &self.trial.checkpoint_storage
+            && let Err(error) = tune_core::storage::validate_uri(uri)
+        {
+            return bad(
+                "trial.checkpoint_storage",
+                format!("\"{}\": {}", error.uri, error.reason),
+            );
+        }
         if self.trial.checkpoint_keep == Some(0) {
             return bad(
                 "trial.checkpoint_keep",
@@ -426,6 +493,23 @@ impl Spec {
                     self.scheduler.kind()
                 ),
             );
+        }
+        if let Some(tracking) = &self.tracking {
+            tracking.resolve_uri()?;
+            if tracking.experiment.as_ref().is_some_and(|name| name.trim().is_empty()) {
+                return bad(
+                    "tracking.experiment",
+                    "must be a non-empty MLflow experiment name".into(),
+                );
+            }
+            if let Some(timeout) = tracking.flush_timeout_s
+                && !(timeout.is_finite() && timeout >= 0.0)
+            {
+                return bad(
+                    "tracking.flush_timeout_s",
+                    format!("must be a non-negative number of seconds, got {timeout}"),
+                );
+            }
         }
         self.searcher.validate(&self.space)?;
         self.scheduler.validate(&self.space)?;

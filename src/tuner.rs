@@ -39,6 +39,7 @@ use tune_core::controller::{Controller, Progress};
 use tune_core::driver::{Driver, DriverHandle, DriverSetup, ExperimentLock, Runner, SweepEnd};
 use tune_core::runner::{InProcessRunner, ProcessConfig, ProcessRunner, TrialContext};
 use tune_core::space::Space;
+use tune_core::storage::{self, CheckpointStorage, StorageError};
 use tune_core::store::{ExperimentInfo, Store, StoredTrial};
 use tune_core::trial::Mode;
 use tune_schedulers::SchedulerConfig;
@@ -47,6 +48,7 @@ use tune_search::SearcherConfig;
 use crate::error::{Error, Result};
 use crate::progress;
 use crate::spec::Spec;
+use crate::tracking::{Tracker, TrackerSettings};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -355,6 +357,7 @@ impl Tuner {
                 stop_grace: Duration::from_secs_f64(spec.trial.stop_grace_s),
                 env: spec.trial.env.clone(),
                 experiment: experiment.name.clone(),
+                checkpoint_storage: checkpoint_storage(spec)?,
             })) as Arc<dyn Runner>)
         })
         .await
@@ -410,6 +413,9 @@ impl Tuner {
     where
         M: FnOnce(&Spec, &ExperimentInfo, PathBuf) -> Result<Arc<dyn Runner>>,
     {
+        if let Start::New(spec) = &self.start {
+            check_storage(spec, &runtime)?; // before the experiment is created
+        }
         let mut store = Store::open_or_create(&self.store)?;
         let experiment = match &self.start {
             Start::New(spec) => {
@@ -444,6 +450,9 @@ impl Tuner {
         }
         let trials_root = trials_root(&self.store, &experiment.name);
         let _lock = ExperimentLock::acquire(&trials_root, &experiment.name)?;
+        if matches!(self.start, Start::Existing(_)) {
+            check_storage(&spec, &runtime)?;
+        }
         let runner = make_runner(&spec, &experiment, trials_root)?;
         let seed = experiment.seed;
         let controller = controller_for(&spec, seed)?;
@@ -454,6 +463,15 @@ impl Tuner {
             }
             None => Box::new(|_: &Progress| {}),
         };
+        let tracker = match &spec.tracking {
+            Some(tracking) => Some(Tracker::start(TrackerSettings::new(
+                tracking,
+                &spec,
+                &experiment,
+                &self.store,
+            )?)?),
+            None => None,
+        };
         let setup = DriverSetup {
             store,
             experiment: experiment.clone(),
@@ -463,8 +481,14 @@ impl Tuner {
             observer,
             max_concurrent: self.max_concurrent,
             interrupt_grace: Duration::from_secs_f64(spec.trial.stop_grace_s) + Duration::from_secs(2),
+            on_commit: tracker.as_ref().map(Tracker::hook),
         };
-        let end = driver.run(setup)?;
+        let end = driver.run(setup);
+        // The sweep is over (or stopped): send what MLflow still misses before returning.
+        if let Some(tracker) = tracker {
+            tracker.finish();
+        }
+        let end = end?;
         let store = Store::open(&self.store)?;
         let experiment = store.experiment(Some(&experiment.name))?;
         let status = match end {
@@ -529,4 +553,26 @@ fn load_result(store: &Store, experiment: &ExperimentInfo, spec: &Spec, status: 
         elapsed: Duration::from_millis(experiment.elapsed_ms),
         trials: store.trials(experiment.id)?,
     })
+}
+
+/// The checkpoint storage of a spec's `[trial] checkpoint_storage` (trial folders when absent).
+pub fn checkpoint_storage(spec: &Spec) -> Result<CheckpointStorage> {
+    match &spec.trial.checkpoint_storage {
+        None => Ok(CheckpointStorage::Local),
+        Some(uri) => CheckpointStorage::parse(uri).map_err(storage_error),
+    }
+}
+
+/// Reaches the spec's checkpoint storage once, so that a wrong endpoint, bucket or credential is
+/// reported before the sweep starts rather than at its first checkpoint.
+fn check_storage(spec: &Spec, runtime: &tokio::runtime::Handle) -> Result<()> {
+    let storage = checkpoint_storage(spec)?;
+    runtime.block_on(storage.check()).map_err(storage_error)
+}
+
+fn storage_error(error: StorageError) -> Error {
+    Error::Core(tune_core::Error::setting(
+        storage::SETTING,
+        format!("\"{}\": {}", error.uri, error.reason),
+    ))
 }

@@ -783,3 +783,112 @@ fn a_silent_worker_s_trial_is_handed_out_again() {
     });
     assert!(server.dump().contains("a worker went silent"), "{}", server.dump());
 }
+
+/// `GET path` on an HTTP endpoint: the status line of the answer.
+fn http_status(address: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut socket = std::net::TcpStream::connect(address).unwrap();
+    write!(socket, "GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).unwrap();
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn health_answers_without_a_token_while_rung_services_still_require_one() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = rung::server::ServeConfig::new(dir.path().join("server.db"));
+    config.token = Some("s3cret-token".into());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(rung::server::serve(listener, config, Vec::new(), async {
+        let _ = stopped.await;
+    }));
+
+    // No token: the whole server and each rung.v1 service are SERVING; an unknown one is not found.
+    let mut health = HealthClient::new(plain(&url).channel().await.unwrap());
+    for service in ["", "rung.v1.Trials", "rung.v1.Agents", "rung.v1.Experiments"] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await;
+            if let Ok(answer) = &answer
+                && answer.get_ref().status == ServingStatus::Serving as i32
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{service:?} never served: {answer:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+
+    // A rung call without the token is still refused; with it, answered.
+    let refused = plain(&url)
+        .experiments()
+        .await
+        .unwrap()
+        .list(v1::ListRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let remote = Remote {
+        token: Some("s3cret-token".into()),
+        ..plain(&url)
+    };
+    let mut experiments = remote.experiments().await.unwrap();
+    experiments
+        .list(remote.request(v1::ListRequest::default()))
+        .await
+        .unwrap();
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[test]
+fn agent_health_endpoint_is_ready_only_while_it_has_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (mut server, url) = serve(dir, "127.0.0.1:0", &[]);
+    let worker = agent(dir, &url, "probed", 0, &["--health-listen", "127.0.0.1:0"]);
+    let line = worker.wait_for_line("agent health on", Duration::from_secs(30));
+    let address = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .and_then(|w| w.strip_suffix("/ready"))
+        .expect("the address is printed")
+        .to_owned();
+    let wait_for = |path: &str, expected: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = http_status(&address, path);
+            if status.contains(expected) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{path} stayed {status:?}\n{}", worker.dump());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("/ready", "200 OK");
+    assert!(http_status(&address, "/live").contains("200 OK"));
+    assert!(http_status(&address, "/nothing").contains("404 Not Found"));
+    // Without a controller the agent is alive but not ready.
+    server.kill();
+    wait_for("/ready", "503 Service Unavailable");
+    assert!(http_status(&address, "/live").contains("200 OK"));
+}

@@ -928,6 +928,7 @@ pub fn launch_messages(
                     bundle: index as u32,
                     bundles: agents.len() as u32,
                     bundle_agents: names.clone(),
+                    checkpoint_storage: spec.trial.checkpoint_storage.clone().unwrap_or_default(),
                 })),
             };
             (agent.clone(), message)

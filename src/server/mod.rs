@@ -28,7 +28,7 @@ use tune_core::store::Store;
 
 use crate::error::{Error, Result};
 use crate::spec::Spec;
-use crate::tuner::{SweepStatus, Tuner};
+use crate::tuner::{SweepResult, SweepStatus, Tuner};
 use hub::{Experiment, Hub, RunState};
 
 /// How `rung serve` runs.
@@ -366,21 +366,29 @@ async fn start_experiment(shared: &Arc<Shared>, start: Start) -> Result<String> 
     let watcher = tokio::spawn(async move {
         let mut result_sender = Some(result_sender);
         let mut run = run;
+        let refused = |outcome: std::result::Result<Result<SweepResult>, tokio::task::JoinError>| match outcome {
+            Ok(Ok(_)) => Error::Internal("the experiment ended before it started".into()),
+            Ok(Err(error)) => error,
+            Err(join) => Error::Internal(format!("the experiment's task failed: {join}")),
+        };
         let name = tokio::select! {
             name = name => name.ok(),
             outcome = &mut run => {
-                let error = match outcome {
-                    Ok(Ok(_)) => Error::Internal("the experiment ended before it started".into()),
-                    Ok(Err(error)) => error,
-                    Err(join) => Error::Internal(format!("the experiment's task failed: {join}")),
-                };
                 if let Some(sender) = result_sender.take() {
-                    let _ = sender.send(Err(error));
+                    let _ = sender.send(Err(refused(outcome)));
                 }
                 return;
             }
         };
-        let Some(name) = name else { return };
+        let Some(name) = name else {
+            // The runner was never made (e.g. the checkpoint storage is unreachable): the run
+            // ends with the reason.
+            let outcome = run.await;
+            if let Some(sender) = result_sender.take() {
+                let _ = sender.send(Err(refused(outcome)));
+            }
+            return;
+        };
         if let Some(sender) = result_sender.take() {
             let _ = sender.send(Ok(name.clone()));
         }

@@ -108,6 +108,8 @@ pub(super) fn router(shared: Arc<Shared>) -> Result<Router> {
             })?;
     }
     Ok(builder
+        // Without the token check: kubelet's gRPC probes (and grpc-health-probe) send none.
+        .add_service(health_service(&shared))
         .add_service(tonic::service::interceptor::InterceptedService::new(
             TrialsServer::new(service.clone())
                 .max_decoding_message_size(limit)
@@ -126,6 +128,45 @@ pub(super) fn router(shared: Arc<Shared>) -> Result<Router> {
                 .max_encoding_message_size(limit),
             auth,
         )))
+}
+
+/// The standard `grpc.health.v1.Health` service: the whole server (`""`) and each `rung.v1`
+/// service answer SERVING from now on (the router is built once the store's experiments have
+/// been resumed), and NOT_SERVING once the server begins shutting down.
+fn health_service(
+    shared: &Arc<Shared>,
+) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+    use tonic::server::NamedService;
+    use tonic_health::ServingStatus;
+
+    const SERVICES: [&str; 4] = [
+        "",
+        <TrialsServer<Service> as NamedService>::NAME,
+        <AgentsServer<Service> as NamedService>::NAME,
+        <ExperimentsServer<Service> as NamedService>::NAME,
+    ];
+    let (reporter, server) = tonic_health::server::health_reporter();
+    // Holds the server weakly: the watcher ends with it.
+    let watched = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        for name in SERVICES {
+            reporter.set_service_status(name, ServingStatus::Serving).await;
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let Some(shared) = watched.upgrade() else { return };
+            let closing = shared.hub().closing;
+            drop(shared);
+            if closing {
+                for name in SERVICES {
+                    reporter.set_service_status(name, ServingStatus::NotServing).await;
+                }
+                return;
+            }
+        }
+    });
+    server
 }
 
 #[derive(Clone)]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
-use crate::controller::{Command, Controller, Event, Launch, Outcome, Progress, Summary};
+use crate::controller::{Command, Controller, Event, Launch, Outcome, Progress, Record, Summary};
 use crate::error::{Error, Result};
 use crate::store::{Batch, ExperimentInfo, LoggedEvent, Store};
 use crate::trial::{Decision, Report, TrialId};
@@ -159,7 +159,14 @@ pub struct DriverSetup {
     pub max_concurrent: Option<usize>,
     /// How long interrupted trials get to exit before the driver returns anyway.
     pub interrupt_grace: Duration,
+    /// Called after every group commit with the records it committed (experiment tracking
+    /// mirrors them elsewhere). It runs on the driver's thread between the commit and the
+    /// answers, so it must return at once: queue the records, never wait on I/O.
+    pub on_commit: Option<CommitHook>,
 }
+
+/// What [`DriverSetup::on_commit`] calls with the records of each group commit.
+pub type CommitHook = Box<dyn FnMut(&[Record]) + Send>;
 
 /// A driver that has not started yet: its handle can be given out before [`Driver::run`].
 pub struct Driver {
@@ -197,6 +204,7 @@ impl Driver {
             mut observer,
             max_concurrent,
             interrupt_grace,
+            mut on_commit,
         } = setup;
 
         let logged = store.events(experiment.id)?;
@@ -229,6 +237,8 @@ impl Driver {
         let tick = Duration::from_millis(200);
         let mut stops: HashMap<TrialId, watch::Sender<bool>> = HashMap::new();
         let mut warned_no_checkpoint = false;
+        // Deletions from an object store still running; the sweep waits for them before it ends.
+        let mut deletions: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         loop {
             if waiting.is_empty() {
                 match receiver.recv_timeout(tick) {
@@ -286,6 +296,11 @@ impl Driver {
                 }
             }
             store.commit(experiment.id, &batch)?;
+            if let Some(on_commit) = on_commit.as_mut()
+                && !batch.records.is_empty()
+            {
+                on_commit(&batch.records);
+            }
             for (reply, decision) in replies {
                 let _ = reply.send(decision);
             }
@@ -309,7 +324,15 @@ impl Driver {
                         }
                     }
                     Command::DeleteCheckpoint { trial, path } => {
-                        if let Err(error) = std::fs::remove_dir_all(&path)
+                        if crate::storage::is_remote(&path) {
+                            // Off this thread: an object store may be slow or down, the sweep is not.
+                            deletions.retain(|deletion| !deletion.is_finished());
+                            deletions.push(runtime.spawn(async move {
+                                if let Err(error) = crate::storage::delete(&path).await {
+                                    tracing::warn!(%trial, %path, %error, "could not delete a checkpoint the keep policy dropped");
+                                }
+                            }));
+                        } else if let Err(error) = std::fs::remove_dir_all(&path)
                             && error.kind() != std::io::ErrorKind::NotFound
                         {
                             tracing::warn!(%trial, %path, %error, "could not delete a checkpoint the keep policy dropped");
@@ -327,6 +350,9 @@ impl Driver {
                 eprintln!("warning: {message}");
             }
             observer(controller.progress());
+            if finished.is_some() || interrupted {
+                await_deletions(&runtime, std::mem::take(&mut deletions));
+            }
             if let Some(summary) = finished {
                 return Ok(SweepEnd::Finished(summary));
             }
@@ -429,6 +455,24 @@ impl ExperimentLock {
             )),
             Err(e) => Err(Error::io(format!("locking {}", path.display()), e)),
         }
+    }
+}
+
+/// Waits (up to a minute) for checkpoint deletions still running when the sweep ends.
+fn await_deletions(runtime: &tokio::runtime::Handle, deletions: Vec<tokio::task::JoinHandle<()>>) {
+    if deletions.iter().all(|deletion| deletion.is_finished()) {
+        return;
+    }
+    let all = async {
+        for deletion in deletions {
+            let _ = deletion.await;
+        }
+    };
+    if runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(60), all).await })
+        .is_err()
+    {
+        tracing::warn!("checkpoint deletions still running after a minute; the rest are left in the store");
     }
 }
 

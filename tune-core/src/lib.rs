@@ -15,6 +15,7 @@ pub mod runner;
 pub mod scheduler;
 pub mod searcher;
 pub mod space;
+pub mod storage;
 pub mod store;
 mod sys;
 #[cfg(any(test, feature = "testing"))]

@@ -16,6 +16,7 @@ use crate::controller::{Launch, Outcome};
 use crate::driver::{Runner, TrialFiles, TrialLink};
 use crate::error::{Error, Result};
 use crate::protocol::parse_report_line;
+use crate::storage::{self, CheckpointStorage};
 use crate::sys;
 use crate::trial::{Decision, Metrics, Report, TrialId};
 use crate::value::{Config, value_to_arg};
@@ -109,6 +110,8 @@ pub struct ProcessConfig {
     pub env: BTreeMap<String, String>,
     /// The experiment's name (`RUNG_EXPERIMENT`).
     pub experiment: String,
+    /// Where committed checkpoints go.
+    pub checkpoint_storage: CheckpointStorage,
 }
 
 /// Runs each trial as a child process speaking the `rung:report` protocol.
@@ -237,7 +240,25 @@ async fn run_process_inner<S: TrialSink>(config: &ProcessConfig, launch: &Launch
         .process_group(0)
         .kill_on_drop(true);
     if let Some(restore) = &launch.restore {
-        command.env("RUNG_RESTORE_DIR", &restore.path);
+        let note = |line: String| {
+            tracing::warn!(%trial, "{line}");
+        };
+        match storage::fetch(&restore.path, &files, &note).await {
+            Ok(folder) => {
+                if storage::is_remote(&restore.path) {
+                    log_line(
+                        &mut log,
+                        &format!("== rung: downloaded {} into {}", restore.path, folder.display()),
+                    )
+                    .await;
+                }
+                command.env("RUNG_RESTORE_DIR", folder);
+            }
+            Err(reason) => {
+                log_line(&mut log, &format!("== rung: {reason}")).await;
+                return Outcome::Failed { reason };
+            }
+        }
     }
     sys::set_die_with_parent(&mut command);
     let mut child = match command.spawn() {
@@ -306,26 +327,29 @@ async fn run_process_inner<S: TrialSink>(config: &ProcessConfig, launch: &Launch
         }
         step = parsed.step.unwrap_or(step + 1);
         let checkpoint = if parsed.checkpoint {
-            let committer = files.clone();
-            match tokio::task::spawn_blocking(move || committer.commit_checkpoint(step)).await {
-                Ok(Ok(Some(path))) => Some(path.display().to_string()),
-                Ok(Ok(None)) => {
+            let notes = log_sender.clone();
+            let note = move |line: String| {
+                tracing::warn!(%trial, "{line}");
+                let _ = notes.send(format!("== rung: {line}"));
+            };
+            match config
+                .checkpoint_storage
+                .commit(&files, &config.experiment, trial, step, &note)
+                .await
+            {
+                Ok(Some(location)) => Some(location),
+                Ok(None) => {
                     let _ = log_sender.send(format!(
                         "== rung: step {step} declared a checkpoint but {} is empty",
                         files.staging().display()
                     ));
                     None
                 }
-                Ok(Err(error)) => {
-                    let _ = log_sender.send(format!(
-                        "== rung: could not keep the checkpoint of step {step}: {error}"
-                    ));
+                Err(error) => {
+                    // The report still goes to the controller, without the checkpoint.
+                    tracing::warn!(%trial, step, "{error}");
+                    let _ = log_sender.send(format!("== rung: step {step}: {error}"));
                     None
-                }
-                Err(join) => {
-                    return Outcome::Failed {
-                        reason: format!("checkpoint task failed: {join}"),
-                    };
                 }
             }
         } else {

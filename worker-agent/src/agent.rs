@@ -16,6 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 use tune_core::controller::{CheckpointRef, Launch, Outcome};
 use tune_core::resources::Inventory;
 use tune_core::runner::{ProcessConfig, TrialSink, run_process};
+use tune_core::storage::CheckpointStorage;
 use tune_core::trial::{Decision, Report, TrialId};
 use tune_core::value::Config;
 use tune_proto::v1;
@@ -77,6 +78,8 @@ struct State {
 struct Shared {
     config: AgentConfig,
     state: Mutex<State>,
+    /// True while a session is open: registered, and the controller's stream answered.
+    live: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -107,13 +110,24 @@ impl Shared {
 /// Runs the agent until `shutdown` resolves; then stops its trials (SIGTERM, SIGKILL after their
 /// grace) and reports their exits before returning.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    run_with_health(config, None, shutdown).await
+}
+
+/// [`run`], also answering health checks over HTTP on `health` (see [`serve_health`]).
+pub async fn run_with_health(
+    config: AgentConfig,
+    health: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let endpoint = endpoint(&config)?;
     std::fs::create_dir_all(&config.work_dir)
         .map_err(|e| AgentError::Setup(format!("cannot create --work-dir {}: {e}", config.work_dir.display())))?;
     let shared = Arc::new(Shared {
         config,
         state: Mutex::new(State::default()),
+        live: watch::channel(false).0,
     });
+    let health = health.map(|listener| tokio::spawn(serve_health(listener, shared.live.subscribe())));
     let sessions = {
         let shared = Arc::clone(&shared);
         async move {
@@ -127,6 +141,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                 }
                 tracing::warn!(controller = %shared.config.controller, %why, retry_in = ?backoff, "no session with the controller");
                 shared.state().session = None;
+                shared.live.send_replace(false);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -136,6 +151,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         () = sessions => unreachable!("the session loop never ends"),
         () = shutdown => {}
     }
+    shared.live.send_replace(false);
     // Stop what runs; give the exits a moment to reach the controller.
     let stops: Vec<watch::Sender<bool>> = shared.state().trials.values().map(|t| t.stop.clone()).collect();
     for stop in &stops {
@@ -148,7 +164,59 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    if let Some(health) = health {
+        health.abort();
+    }
     Ok(())
+}
+
+/// Answers health checks over HTTP on `listener` until dropped: `GET /live` is 200 while the
+/// process runs, `GET /ready` is 200 while `live` is true (the agent has a session with the
+/// controller) and 503 otherwise, anything else 404. For Kubernetes' HTTP probes.
+pub async fn serve_health(listener: tokio::net::TcpListener, live: watch::Receiver<bool>) {
+    loop {
+        let socket = match listener.accept().await {
+            Ok((socket, _)) => socket,
+            Err(error) => {
+                tracing::warn!(%error, "health endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let live = live.clone();
+        tokio::spawn(tokio::time::timeout(
+            Duration::from_secs(5),
+            answer_health(socket, live),
+        ));
+    }
+}
+
+async fn answer_health(mut socket: tokio::net::TcpStream, live: watch::Receiver<bool>) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The request's head (a probe sends no body), read whole so that closing does not reset.
+    let mut head = Vec::with_capacity(256);
+    let mut buffer = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        let read = socket.read(&mut buffer).await?;
+        if read == 0 {
+            break;
+        }
+        head.extend_from_slice(&buffer[..read]);
+    }
+    let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ');
+    let (status, body) = match (words.next(), words.next()) {
+        (Some(b"GET"), Some(b"/live")) => ("200 OK", "live\n"),
+        (Some(b"GET"), Some(b"/ready")) if *live.borrow() => ("200 OK", "ready\n"),
+        (Some(b"GET"), Some(b"/ready")) => ("503 Service Unavailable", "no session with the controller\n"),
+        _ => ("404 Not Found", "not found\n"),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(response.as_bytes()).await?;
+    socket.shutdown().await
 }
 
 fn endpoint(config: &AgentConfig) -> Result<Endpoint, AgentError> {
@@ -220,6 +288,7 @@ async fn session(shared: &Arc<Shared>, endpoint: Endpoint) -> Result<(), String>
         .await
         .map_err(|status| format!("session: {}", status.message()))?
         .into_inner();
+    shared.live.send_replace(true);
     let mut ticker = tokio::time::interval(heartbeat);
     loop {
         tokio::select! {
@@ -379,6 +448,14 @@ fn prepare(config: &AgentConfig, launch: &v1::Launch) -> Result<(ProcessConfig, 
     } else {
         Duration::from_secs(10)
     };
+    // The controller's checkpoint storage, opened with this machine's AWS_* variables.
+    // With several processes (placement "spread") the first one's checkpoints are the trial's,
+    // as rank 0's are in distributed training; the others' stay on their agents.
+    let checkpoint_storage = if launch.checkpoint_storage.is_empty() || launch.bundle > 0 {
+        CheckpointStorage::Local
+    } else {
+        CheckpointStorage::parse(&launch.checkpoint_storage).map_err(|e| format!("on agent {}: {e}", config.name))?
+    };
     if reference.experiment.contains(['/', '\\']) || reference.experiment.starts_with('.') {
         return Err(format!(
             "experiment name {:?} cannot name a folder",
@@ -393,6 +470,7 @@ fn prepare(config: &AgentConfig, launch: &v1::Launch) -> Result<(ProcessConfig, 
             stop_grace: grace,
             env,
             experiment: reference.experiment.clone(),
+            checkpoint_storage,
         },
         Launch {
             trial: TrialId(reference.trial),
@@ -487,5 +565,48 @@ pub fn inventory_to_proto(inventory: &Inventory) -> v1::Inventory {
             })
             .collect(),
         custom: inventory.custom.clone().into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn status_of(address: std::net::SocketAddr, request: &str) -> String {
+        let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        socket.read_to_string(&mut response).await.unwrap();
+        response.lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn health_endpoint_is_ready_only_with_a_session() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (live, watched) = watch::channel(false);
+        let server = tokio::spawn(serve_health(listener, watched));
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: probe\r\nUser-Agent: kube-probe/1.33\r\n\r\n");
+
+        assert_eq!(
+            status_of(address, &get("/ready")).await,
+            "HTTP/1.1 503 Service Unavailable"
+        );
+        assert_eq!(status_of(address, &get("/live")).await, "HTTP/1.1 200 OK");
+        live.send_replace(true);
+        assert_eq!(status_of(address, &get("/ready")).await, "HTTP/1.1 200 OK");
+        assert_eq!(status_of(address, &get("/metrics")).await, "HTTP/1.1 404 Not Found");
+        assert_eq!(
+            status_of(address, "POST /ready HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await,
+            "HTTP/1.1 404 Not Found"
+        );
+        assert_eq!(status_of(address, "garbage\r\n\r\n").await, "HTTP/1.1 404 Not Found");
+        live.send_replace(false);
+        assert_eq!(
+            status_of(address, &get("/ready")).await,
+            "HTTP/1.1 503 Service Unavailable"
+        );
+        server.abort();
     }
 }
