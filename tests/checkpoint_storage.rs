@@ -13,10 +13,9 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{stderr, stdout};
+use common::{Proc, stderr, stdout};
 use s3::{BUCKET, KEY, S3Server, SECRET};
 
 fn fixture() -> PathBuf {
@@ -292,62 +291,6 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::Exit
             panic!("rung did not finish in {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A `rung serve` or `rung agent` process, killed when dropped; its stderr is kept.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    name: String,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut command: Command) -> Proc {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("rung starts");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Proc {
-            child,
-            log,
-            name: name.to_owned(),
-        }
-    }
-
-    fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "{} never printed {needle:?}; it printed:\n{}",
-            self.name,
-            self.log.lock().unwrap().join("\n")
-        );
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- {} ----\n{}", self.name, self.log.lock().unwrap().join("\n"));
-        }
     }
 }
 

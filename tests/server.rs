@@ -7,83 +7,16 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::Proc;
 use rung::remote::Remote;
 use rung::tune_core::store::Store;
 use rung::tune_proto::v1;
 use rung::tune_proto::v1::trials_client::TrialsClient;
-
-/// A child process killed when dropped, whose stderr is kept (and echoed on failure).
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    name: String,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut command: Command) -> Proc {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("rung starts");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Proc {
-            child,
-            log,
-            name: name.to_owned(),
-        }
-    }
-
-    fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("{} never printed {needle:?}; it printed:\n{}", self.name, self.dump());
-    }
-
-    fn dump(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then waits for the exit.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id() as i32;
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("---- {} ----\n{}", self.name, self.dump());
-        }
-    }
-}
 
 fn rung() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rung"))
