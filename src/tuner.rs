@@ -184,6 +184,12 @@ impl TunerBuilder {
         self.spec.trial.checkpoint_keep = Some(keep);
         self
     }
+    /// Where checkpoints go: `s3://bucket/prefix` (endpoint and credentials from the `AWS_*`
+    /// variables) or `file:///path`. Default: each trial's folder next to the store.
+    pub fn checkpoint_storage(mut self, uri: impl Into<String>) -> Self {
+        self.spec.trial.checkpoint_storage = Some(uri.into());
+        self
+    }
     /// How long a stopped trial gets before it is cancelled. Default 10 s.
     pub fn stop_grace(mut self, grace: Duration) -> Self {
         self.spec.trial.stop_grace_s = grace.as_secs_f64();
@@ -334,9 +340,11 @@ impl Tuner {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: Display + Send + 'static,
     {
-        self.execute(move |spec, _, trials_root| {
+        self.execute(move |spec, experiment, trials_root| {
             let grace = Duration::from_secs_f64(spec.trial.stop_grace_s);
-            Ok(Arc::new(InProcessRunner::new(trainable, trials_root, grace)) as Arc<dyn Runner>)
+            let runner = InProcessRunner::new(trainable, trials_root, grace)
+                .with_storage(checkpoint_storage(spec)?, &experiment.name);
+            Ok(Arc::new(runner) as Arc<dyn Runner>)
         })
         .await
     }

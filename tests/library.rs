@@ -305,3 +305,67 @@ async fn in_process_trials_are_paused_and_promoted_through_checkpoints() {
             .any(|t| t.last.as_ref().unwrap().step == 9 && t.launches >= 3)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_checkpoints_go_to_object_storage_and_come_back_for_promotions() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    let promote: rung::SchedulerConfig = serde_json::from_str(
+        r#"{"kind": "asha", "type": "promote", "max_t": 9, "grace_period": 1, "reduction_factor": 3}"#,
+    )
+    .unwrap();
+    let restored = Arc::new(AtomicUsize::new(0));
+    let counter = restored.clone();
+    let result = builder(&dir.path().join("s.db"))
+        .num_samples(9)
+        .scheduler(promote)
+        .checkpoint_storage(format!("file://{}/ckpt", bucket.display()))
+        .checkpoint_keep(1)
+        .build()
+        .unwrap()
+        .run(move |mut trial| {
+            let counter = counter.clone();
+            async move {
+                let curve = LearningCurve::from_config(trial.config()).unwrap();
+                let start = match trial.restore() {
+                    Some((step, dir)) => {
+                        // Downloaded into the trial's own folder, not read from the bucket.
+                        assert!(dir.ends_with("restore"), "{dir:?}");
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        assert_eq!(std::fs::read_to_string(dir.join("step"))?, step.to_string());
+                        step + 1
+                    }
+                    None => 1,
+                };
+                for step in start..=9 {
+                    std::fs::write(trial.checkpoint_dir().join("step"), step.to_string())?;
+                    if trial.report_checkpoint(step, [("loss", curve.loss(step))]).await != Decision::Continue {
+                        break;
+                    }
+                }
+                anyhow::Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    assert!(
+        restored.load(Ordering::SeqCst) >= 3,
+        "promoted trials resumed from the bucket"
+    );
+    // Every trial's kept checkpoint is in the bucket, whole; the keep policy deleted the rest.
+    for trial in &result.trials {
+        let root = bucket.join("ckpt/lib").join(trial.id.to_string());
+        let whole: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|step| step.join(".rung-complete").exists())
+            .collect();
+        assert_eq!(whole.len(), 1, "{root:?}: {whole:?}");
+        let step: u64 = whole[0].file_name().unwrap().to_str().unwrap().parse().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(whole[0].join("step")).unwrap(),
+            step.to_string()
+        );
+    }
+}

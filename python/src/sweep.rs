@@ -14,6 +14,7 @@ use pyo3::types::PyDict;
 use rung::{Spec, SweepResult, Tuner};
 use tune_core::controller::{Launch, Outcome, Progress};
 use tune_core::driver::{DriverHandle, Runner, TrialFiles, TrialLink};
+use tune_core::storage::{self, CheckpointStorage};
 use tune_core::trial::{Decision, Report, TrialId};
 use tune_core::value::Config;
 
@@ -50,6 +51,8 @@ struct TrialShared {
     stop: AtomicBool,
     done: Mutex<Option<tokio::sync::oneshot::Sender<Outcome>>>,
     runtime: tokio::runtime::Handle,
+    storage: CheckpointStorage,
+    experiment: String,
 }
 
 /// Hands launches to Python through a queue and waits, on the runtime, for each to finish.
@@ -57,6 +60,8 @@ struct PythonRunner {
     queue: Mutex<Sender<Trial>>,
     trials_root: PathBuf,
     stop_grace: Duration,
+    storage: CheckpointStorage,
+    experiment: String,
 }
 
 impl Runner for PythonRunner {
@@ -65,6 +70,7 @@ impl Runner for PythonRunner {
         let grace = self.stop_grace;
         let queue = lock(&self.queue).clone();
         let runtime = tokio::runtime::Handle::current();
+        let (storage, experiment) = (self.storage.clone(), self.experiment.clone());
         tokio::spawn(async move {
             if let Err(error) = files.prepare() {
                 link.exited(Outcome::Failed {
@@ -72,17 +78,28 @@ impl Runner for PythonRunner {
                 });
                 return;
             }
+            let trial = launch.trial;
+            let note = move |line: String| eprintln!("rung: trial {trial}: {line}");
+            let restore = match storage::restore_folder(launch.restore.as_ref(), &files, &note).await {
+                Ok(restore) => restore,
+                Err(reason) => {
+                    link.exited(Outcome::Failed { reason });
+                    return;
+                }
+            };
             let (done, mut finished) = tokio::sync::oneshot::channel();
             let shared = Arc::new(TrialShared {
                 id: launch.trial,
                 config: launch.config,
-                restore: launch.restore.map(|r| (r.step, PathBuf::from(r.path))),
+                restore,
                 attempt: launch.attempt,
                 files,
                 link: link.reporter(),
                 stop: AtomicBool::new(false),
                 done: Mutex::new(Some(done)),
                 runtime,
+                storage,
+                experiment,
             });
             if queue
                 .send(Trial {
@@ -180,13 +197,15 @@ impl Trial {
                 return Decision::Stop;
             }
             let checkpoint = if checkpoint {
-                match shared.files.commit_checkpoint(step) {
-                    Ok(path) => path.map(|p| p.display().to_string()),
+                let id = shared.id;
+                let note = move |line: String| eprintln!("rung: trial {id}: {line}");
+                let commit = shared
+                    .storage
+                    .commit(&shared.files, &shared.experiment, shared.id, step, &note);
+                match shared.runtime.block_on(commit) {
+                    Ok(location) => location,
                     Err(error) => {
-                        eprintln!(
-                            "rung: trial {}: could not keep the checkpoint of step {step}: {error}",
-                            shared.id
-                        );
+                        eprintln!("rung: trial {}: step {step}: {error}", shared.id);
                         None
                     }
                 }
@@ -293,6 +312,8 @@ impl Sweep {
                         queue: Mutex::new(queue),
                         trials_root,
                         stop_grace: Duration::from_secs_f64(spec.trial.stop_grace_s),
+                        storage: rung::tuner::checkpoint_storage(spec)?,
+                        experiment: info.name.clone(),
                     }) as Arc<dyn Runner>)
                 })
                 .await;

@@ -98,6 +98,53 @@ def test_checkpoints_round_trip_through_asha_promotion(storage: str, tmp_path) -
         assert f.read() == f'{{"step": {winner.metrics["step"]}}}'
 
 
+def test_checkpoints_in_object_storage_are_uploaded_restored_and_kept_n(storage: str, tmp_path) -> None:
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    log = str(tmp_path / "starts.log")
+    results = rung.Tuner(
+        trainables.checkpointing,
+        param_space={"x": rung.uniform(1, 10), "log": log},
+        metric="loss",
+        num_samples=9,
+        max_concurrent_trials=3,
+        seed=5,
+        scheduler=rung.schedulers.ASHA(type="promote", max_t=12, grace_period=1, reduction_factor=3),
+        storage_path=storage,
+        checkpoint_storage=f"file://{bucket}/sweeps",
+        checkpoint_keep=1,
+        name="objects",
+        verbose=0,
+    ).fit()
+    assert results.status == "finished"
+    lines = open(log).read().split()
+    resumed = [int(lines[i + 2]) for i in range(0, len(lines), 5) if int(lines[i + 2]) > 0]
+    # Promoted trials resumed from checkpoints downloaded out of the bucket.
+    assert resumed and all(step in (1, 3, 9) for step in resumed)
+    winner = results.best_result
+    step = winner.metrics["step"]
+    assert winner.checkpoint == f"file://{bucket}/sweeps/objects/{winner.trial_id}/{step}/"
+    kept = bucket / "sweeps" / "objects" / winner.trial_id / str(step)
+    assert (kept / "state.json").read_text() == f'{{"step": {step}}}'
+    assert (kept / ".rung-complete").exists()
+    # checkpoint_keep=1: one checkpoint per trial left in the bucket (its best, also its newest).
+    for trial in (bucket / "sweeps" / "objects").iterdir():
+        steps = [d for d in trial.iterdir() if any(d.iterdir())]
+        assert len(steps) == 1, (trial, steps)
+
+
+def test_a_bad_checkpoint_storage_is_refused_naming_the_setting(storage: str) -> None:
+    with pytest.raises(ValueError, match='"trial.checkpoint_storage": "s3:///x": the URI names no bucket'):
+        rung.Tuner(
+            trainables.curve,
+            param_space=SPACE,
+            metric="loss",
+            storage_path=storage,
+            checkpoint_storage="s3:///x",
+            verbose=0,
+        )
+
+
 def test_exceptions_are_recorded_with_their_traceback(storage: str) -> None:
     results = rung.Tuner(
         trainables.failing, param_space={"x": 1}, metric="loss", num_samples=2, storage_path=storage, verbose=0

@@ -429,6 +429,8 @@ pub struct TrialContext {
     files: TrialFiles,
     restore: Option<(u64, PathBuf)>,
     stopped: bool,
+    storage: CheckpointStorage,
+    experiment: String,
 }
 
 impl TrialContext {
@@ -493,14 +495,18 @@ impl TrialContext {
         }
         let metrics: Metrics = metrics.into_iter().map(|(name, value)| (name.into(), value)).collect();
         let checkpoint = if checkpoint {
-            let files = self.files.clone();
-            match tokio::task::spawn_blocking(move || files.commit_checkpoint(step)).await {
-                Ok(Ok(path)) => path.map(|p| p.display().to_string()),
-                Ok(Err(error)) => {
-                    tracing::warn!(trial = %self.id(), %error, "could not keep a checkpoint");
+            let trial = self.id();
+            let note = move |line: String| tracing::warn!(%trial, "{line}");
+            match self
+                .storage
+                .commit(&self.files, &self.experiment, trial, step, &note)
+                .await
+            {
+                Ok(location) => location,
+                Err(error) => {
+                    tracing::warn!(%trial, step, %error, "could not keep a checkpoint");
                     None
                 }
-                Err(_) => None,
             }
         } else {
             None
@@ -518,6 +524,8 @@ pub struct InProcessRunner<F> {
     trainable: Arc<F>,
     trials_root: PathBuf,
     stop_grace: Duration,
+    storage: CheckpointStorage,
+    experiment: String,
 }
 
 impl<F> InProcessRunner<F> {
@@ -527,7 +535,16 @@ impl<F> InProcessRunner<F> {
             trainable: Arc::new(trainable),
             trials_root,
             stop_grace,
+            storage: CheckpointStorage::Local,
+            experiment: String::new(),
         }
+    }
+
+    /// Keeps checkpoints in `storage`, under the name of `experiment`.
+    pub fn with_storage(mut self, storage: CheckpointStorage, experiment: &str) -> Self {
+        self.storage = storage;
+        self.experiment = experiment.to_owned();
+        self
     }
 }
 
@@ -541,6 +558,7 @@ where
         let trainable = Arc::clone(&self.trainable);
         let files = TrialFiles::new(&self.trials_root, launch.trial);
         let grace = self.stop_grace;
+        let (storage, experiment) = (self.storage.clone(), self.experiment.clone());
         tokio::spawn(async move {
             if let Err(error) = files.prepare() {
                 link.exited(Outcome::Failed {
@@ -548,12 +566,23 @@ where
                 });
                 return;
             }
+            let trial = launch.trial;
+            let note = move |line: String| tracing::warn!(%trial, "{line}");
+            let restore = match storage::restore_folder(launch.restore.as_ref(), &files, &note).await {
+                Ok(restore) => restore,
+                Err(reason) => {
+                    link.exited(Outcome::Failed { reason });
+                    return;
+                }
+            };
             let context = TrialContext {
                 link: link.reporter(),
                 config: launch.config,
                 files,
-                restore: launch.restore.map(|r| (r.step, PathBuf::from(r.path))),
+                restore,
                 stopped: false,
+                storage,
+                experiment,
             };
             let mut task = tokio::spawn(trainable(context));
             let result = tokio::select! {

@@ -27,6 +27,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 use tokio::io::AsyncWriteExt;
 
+use crate::controller::CheckpointRef;
 use crate::driver::TrialFiles;
 use crate::trial::TrialId;
 
@@ -405,6 +406,19 @@ pub async fn fetch(
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+/// The step and folder a launch restores from on this machine ([`fetch`] of its checkpoint),
+/// `None` when it starts afresh.
+pub async fn restore_folder(
+    restore: Option<&CheckpointRef>,
+    files: &TrialFiles,
+    note: &(dyn Fn(String) + Send + Sync),
+) -> Result<Option<(u64, PathBuf)>, String> {
+    match restore {
+        None => Ok(None),
+        Some(checkpoint) => Ok(Some((checkpoint.step, fetch(&checkpoint.path, files, note).await?))),
     }
 }
 

@@ -63,6 +63,9 @@ class Tuner:
             reaches ``target``, or once this many trials errored.
         max_failures: retries per trial after an exception, from its last checkpoint.
         checkpoint_keep: keep each trial's N best checkpoints (and its newest).
+        checkpoint_storage: where checkpoints go: ``"s3://bucket/prefix"`` (S3, MinIO; endpoint
+            and credentials from the ``AWS_*`` variables) or ``"file:///shared/path"``;
+            default: each trial's folder under ``storage_path``.
         stop_grace_s: how long a trial told to stop gets before it is abandoned (default 10).
         executor: ``"thread"`` (default; the GIL is released while the engine waits) or
             ``"process"``: each trial in a fresh worker process, for CPU-bound Python code.
@@ -90,6 +93,7 @@ class Tuner:
         max_failures: int = 0,
         max_failed_trials: Optional[int] = None,
         checkpoint_keep: Optional[int] = None,
+        checkpoint_storage: Optional[str] = None,
         stop_grace_s: Optional[float] = None,
         executor: str = "thread",
         verbose: int = 1,
@@ -131,6 +135,8 @@ class Tuner:
                 spec[key] = value
         if checkpoint_keep is not None:
             spec["trial"]["checkpoint_keep"] = checkpoint_keep
+        if checkpoint_storage is not None:
+            spec["trial"]["checkpoint_storage"] = checkpoint_storage
         if stop_grace_s is not None:
             spec["trial"]["stop_grace_s"] = _optional_number("stop_grace_s", stop_grace_s)
         # The engine checks every setting and parameter now, not at fit().
