@@ -1,7 +1,8 @@
 //! The Rust API: in-process trials, failures, interruption and exact resume.
 
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rung::workloads::{LearningCurve, learning_curve_space};
@@ -254,6 +255,27 @@ fn invalid_settings_never_reach_a_run() {
     );
 }
 
+/// Counts to 9, checkpointing every step; resumes after the step of its checkpoint (checking the
+/// checkpoint holds that step) and records the folder it restored from.
+async fn count_to_nine(mut trial: rung::TrialContext, restored: Arc<Mutex<Vec<PathBuf>>>) -> anyhow::Result<()> {
+    let curve = LearningCurve::from_config(trial.config()).unwrap();
+    let start = match trial.restore() {
+        Some((step, dir)) => {
+            restored.lock().unwrap().push(dir.to_owned());
+            assert_eq!(std::fs::read_to_string(dir.join("step"))?, step.to_string());
+            step + 1
+        }
+        None => 1,
+    };
+    for step in start..=9 {
+        std::fs::write(trial.checkpoint_dir().join("step"), step.to_string())?;
+        if trial.report_checkpoint(step, [("loss", curve.loss(step))]).await != Decision::Continue {
+            break;
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_trials_are_paused_and_promoted_through_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
@@ -261,40 +283,20 @@ async fn in_process_trials_are_paused_and_promoted_through_checkpoints() {
         r#"{"kind": "asha", "type": "promote", "max_t": 9, "grace_period": 1, "reduction_factor": 3}"#,
     )
     .unwrap();
-    let restored = Arc::new(AtomicUsize::new(0));
+    let restored = Arc::new(Mutex::new(Vec::new()));
     let counter = restored.clone();
     let result = builder(&dir.path().join("s.db"))
         .num_samples(9)
         .scheduler(promote)
         .build()
         .unwrap()
-        .run(move |mut trial| {
-            let counter = counter.clone();
-            async move {
-                let curve = LearningCurve::from_config(trial.config()).unwrap();
-                let start = match trial.restore() {
-                    Some((step, dir)) => {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        assert_eq!(std::fs::read_to_string(dir.join("step"))?, step.to_string());
-                        step + 1
-                    }
-                    None => 1,
-                };
-                for step in start..=9 {
-                    std::fs::write(trial.checkpoint_dir().join("step"), step.to_string())?;
-                    if trial.report_checkpoint(step, [("loss", curve.loss(step))]).await != Decision::Continue {
-                        break;
-                    }
-                }
-                anyhow::Ok(())
-            }
-        })
+        .run(move |trial| count_to_nine(trial, counter.clone()))
         .await
         .unwrap();
     assert_eq!(result.trials.len(), 9);
     assert!(result.trials.iter().all(|t| t.status.is_final()), "{:?}", result.trials);
     assert!(
-        restored.load(Ordering::SeqCst) >= 3,
+        restored.lock().unwrap().len() >= 3,
         "promoted trials resumed from their checkpoints"
     );
     // The best trial of the first rung was promoted all the way to max_t.
@@ -315,7 +317,7 @@ async fn in_process_checkpoints_go_to_object_storage_and_come_back_for_promotion
         r#"{"kind": "asha", "type": "promote", "max_t": 9, "grace_period": 1, "reduction_factor": 3}"#,
     )
     .unwrap();
-    let restored = Arc::new(AtomicUsize::new(0));
+    let restored = Arc::new(Mutex::new(Vec::new()));
     let counter = restored.clone();
     let result = builder(&dir.path().join("s.db"))
         .num_samples(9)
@@ -324,35 +326,13 @@ async fn in_process_checkpoints_go_to_object_storage_and_come_back_for_promotion
         .checkpoint_keep(1)
         .build()
         .unwrap()
-        .run(move |mut trial| {
-            let counter = counter.clone();
-            async move {
-                let curve = LearningCurve::from_config(trial.config()).unwrap();
-                let start = match trial.restore() {
-                    Some((step, dir)) => {
-                        // Downloaded into the trial's own folder, not read from the bucket.
-                        assert!(dir.ends_with("restore"), "{dir:?}");
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        assert_eq!(std::fs::read_to_string(dir.join("step"))?, step.to_string());
-                        step + 1
-                    }
-                    None => 1,
-                };
-                for step in start..=9 {
-                    std::fs::write(trial.checkpoint_dir().join("step"), step.to_string())?;
-                    if trial.report_checkpoint(step, [("loss", curve.loss(step))]).await != Decision::Continue {
-                        break;
-                    }
-                }
-                anyhow::Ok(())
-            }
-        })
+        .run(move |trial| count_to_nine(trial, counter.clone()))
         .await
         .unwrap();
-    assert!(
-        restored.load(Ordering::SeqCst) >= 3,
-        "promoted trials resumed from the bucket"
-    );
+    let restored = restored.lock().unwrap().clone();
+    assert!(restored.len() >= 3, "promoted trials resumed from the bucket");
+    // Each was downloaded into the trial's own folder, not read from the bucket.
+    assert!(restored.iter().all(|dir| dir.ends_with("restore")), "{restored:?}");
     // Every trial's kept checkpoint is in the bucket, whole; the keep policy deleted the rest.
     for trial in &result.trials {
         let root = bucket.join("ckpt/lib").join(trial.id.to_string());
