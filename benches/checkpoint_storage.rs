@@ -11,9 +11,9 @@ mod s3;
 
 use std::time::{Duration, Instant};
 
-use rung::tune_core::driver::TrialFiles;
-use rung::tune_core::storage::{self, CheckpointStorage};
 use rung::tune_core::trial::TrialId;
+use rung::tune_runtime::files::TrialFiles;
+use rung::tune_runtime::storage::{self, CheckpointStorage};
 
 const FILES: usize = 4;
 const FILE_BYTES: usize = 16 << 20;

@@ -7,9 +7,9 @@
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rung::tune_core::controller::{Event, Record, TrialRow};
-use rung::tune_core::store::{Batch, LoggedEvent, Store};
 use rung::tune_core::trial::{Metrics, Report, TrialId, TrialStatus};
 use rung::tune_core::value::Config;
+use rung::tune_runtime::store::{Batch, LoggedEvent, Store};
 
 fn batch(first_seq: u64, n: u64, trials: u64) -> Batch {
     let mut batch = Batch::default();

@@ -1,29 +1,27 @@
 //! rung: a hyperparameter-tuning engine.
 //!
-//! This crate is the facade and the CLI. It re-exports the engine's crates:
-//! [`tune_core`] (search spaces, the controller, the store, runners), [`tune_search`]
-//! (searchers) and [`tune_schedulers`] (early-stopping schedulers), and adds spec files
-//! ([`spec`]) and the [`Tuner`] API.
+//! This crate is the facade and the CLI. It re-exports the engine's crates so that one
+//! dependency reaches all of it: [`tune_core`] (search spaces, the sans-IO controller),
+//! [`tune_runtime`] (the driver, runners, the store), [`tune_search`] (searchers),
+//! [`tune_schedulers`] (early-stopping schedulers), [`tune_sweep`] (spec files, the [`Tuner`],
+//! the simulator), [`tune_server`] (`rung serve`), [`tune_client`] (reaching a server) and
+//! [`tune_tracking`] (MLflow).
 
-pub mod error;
-pub mod progress;
-pub mod remote;
-pub mod server;
-pub mod simulate;
-pub mod spec;
-pub mod tracking;
-pub mod tuner;
-pub mod workloads;
+pub use tune_client as remote;
+pub use tune_server as server;
+pub use tune_sweep::{Error, Result, Spec, error, progress, simulate, spec, tuner, workloads};
+pub use tune_tracking as tracking;
 
-pub use error::{Error, Result};
-pub use spec::Spec;
 pub use tune_core::Error as CoreError;
-pub use tune_core::driver::DriverHandle as SweepHandle;
-pub use tune_core::runner::TrialContext;
 pub use tune_core::space::{Domain, Space};
 pub use tune_core::trial::{Decision, Mode, TrialId, TrialStatus};
 pub use tune_core::value::Config;
+pub use tune_runtime::driver::DriverHandle as SweepHandle;
+pub use tune_runtime::runner::TrialContext;
 pub use tune_schedulers::SchedulerConfig;
 pub use tune_search::SearcherConfig;
-pub use tuner::{Observer, SweepResult, SweepStatus, Tuner, TunerBuilder};
-pub use {tune_core, tune_proto, tune_schedulers, tune_search, tune_worker_agent};
+pub use tune_sweep::tuner::{Observer, SweepResult, SweepStatus, Tuner, TunerBuilder};
+pub use {
+    tune_client, tune_core, tune_proto, tune_runtime, tune_schedulers, tune_search, tune_server, tune_sweep,
+    tune_tracking, tune_worker_agent,
+};

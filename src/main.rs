@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rung::remote::{Remote, read_token};
-use rung::tune_core::store::{ExperimentInfo, Store, StoredTrial};
 use rung::tune_core::trial::metrics_serde;
+use rung::tune_runtime::store::{ExperimentInfo, Store, StoredTrial};
 use rung::tuner::{best_trial, trials_root};
 use rung::{Error, Spec, SweepResult, SweepStatus, Tuner};
 use serde_json::{Value, json};
@@ -506,7 +506,10 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             config.heartbeat = heartbeat;
             config.worker_lease = worker_lease;
             config.reconnect_grace = lease;
-            block_on(rung::server::serve_until_signalled(listen, config, specs))?;
+            block_on(rung::server::serve_until_signalled(listen, config, specs)).map_err(|e| match e {
+                rung::server::Error::Sweep(e) => e,
+                other => Error::Usage(other.to_string()),
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit { spec, server, watch } => {
@@ -774,7 +777,7 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 fn open(db: &Path, experiment: Option<&str>) -> Result<(Store, ExperimentInfo, Spec), Error> {
     let store = Store::open(db)?;
     let info = store.experiment(experiment)?;
-    let spec: Spec = serde_json::from_str(&info.spec).map_err(rung::CoreError::from)?;
+    let spec: Spec = serde_json::from_str(&info.spec).map_err(rung::tune_runtime::Error::from)?;
     Ok((store, info, spec))
 }
 

@@ -217,7 +217,7 @@ fn a_checkpoint_that_cannot_be_uploaded_is_left_out_and_the_report_kept() {
     // Step 1 is stored; steps 2 and 3 could not be uploaded: reported, but no checkpoint.
     let rows = checkpoint_rows(&dir.path().join("down.db"));
     assert_eq!(rows.iter().map(|r| r.1).collect::<Vec<_>>(), [1], "{rows:?}");
-    let store = rung::tune_core::store::Store::open(&dir.path().join("down.db")).unwrap();
+    let store = rung::tune_runtime::store::Store::open(&dir.path().join("down.db")).unwrap();
     let info = store.experiment(None).unwrap();
     let trials = store.trials(info.id).unwrap();
     assert_eq!(trials[0].last.as_ref().map(|r| r.step), Some(3));

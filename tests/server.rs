@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::Proc;
 use rung::remote::Remote;
-use rung::tune_core::store::Store;
 use rung::tune_proto::v1;
 use rung::tune_proto::v1::trials_client::TrialsClient;
+use rung::tune_runtime::store::Store;
 
 fn rung() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rung"))

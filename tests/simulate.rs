@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Sandbox, stdout};
 use rung::Spec;
-use rung::tune_core::store::Store;
+use rung::tune_runtime::store::Store;
 use rung::tuner::controller_for;
 
 fn spec(scheduler: &str, num_samples: u64) -> String {

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyConnectionError, PyPermissionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use rung::remote::Remote;
-use rung::tune_proto::v1;
-use rung::tune_proto::v1::trials_client::TrialsClient;
 use tonic::transport::Channel;
+use tune_client::Remote;
+use tune_proto::v1;
+use tune_proto::v1::trials_client::TrialsClient;
 
 use crate::to_py_err;
 

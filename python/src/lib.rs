@@ -23,11 +23,10 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
 
 /// Whether `error` is the user's bad space, setting or spec (`ValueError`) rather than a
 /// problem of the store or the machine (`RuntimeError`).
-pub(crate) fn is_value_error(error: &rung::Error) -> bool {
+pub(crate) fn is_value_error(error: &tune_sweep::Error) -> bool {
     match error {
-        rung::Error::Spec { .. } | rung::Error::Usage(_) => true,
-        rung::Error::Core(core) => core_is_value_error(core),
-        rung::Error::Internal(_) => false,
+        tune_sweep::Error::Spec { .. } | tune_sweep::Error::Usage(_) => true,
+        other => other.as_core().is_some_and(core_is_value_error),
     }
 }
 
@@ -40,7 +39,7 @@ fn core_is_value_error(error: &tune_core::Error) -> bool {
 
 /// A Rust error as the Python exception a user expects: `ValueError` for a bad space, setting
 /// or spec, `RuntimeError` for everything else (the store, the machine).
-pub(crate) fn to_py_err(error: rung::Error) -> PyErr {
+pub(crate) fn to_py_err(error: tune_sweep::Error) -> PyErr {
     if is_value_error(&error) {
         PyValueError::new_err(error.to_string())
     } else {
@@ -48,12 +47,11 @@ pub(crate) fn to_py_err(error: rung::Error) -> PyErr {
     }
 }
 
-/// [`to_py_err`] for an engine error.
-pub(crate) fn core_to_py_err(error: tune_core::Error) -> PyErr {
-    if core_is_value_error(&error) {
-        PyValueError::new_err(error.to_string())
-    } else {
-        PyRuntimeError::new_err(error.to_string())
+/// [`to_py_err`] for an engine error (a space, a setting, the store).
+pub(crate) fn core_to_py_err(error: impl Into<tune_runtime::Error>) -> PyErr {
+    match error.into() {
+        tune_runtime::Error::Core(core) if core_is_value_error(&core) => PyValueError::new_err(core.to_string()),
+        other => PyRuntimeError::new_err(other.to_string()),
     }
 }
 

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use rung::Spec;
-use tune_core::store::Store;
 use tune_core::trial::TrialId;
+use tune_runtime::store::Store;
+use tune_sweep::Spec;
 
 use crate::convert::{map_to_py, metrics_to_py};
 use crate::core_to_py_err;
@@ -30,7 +30,7 @@ pub fn parse_trial_id(text: &str) -> PyResult<TrialId> {
 pub fn results_dict<'py>(py: Python<'py>, store_path: &Path, experiment: Option<&str>) -> PyResult<Bound<'py, PyDict>> {
     let store = Store::open(store_path).map_err(core_to_py_err)?;
     let info = store.experiment(experiment).map_err(core_to_py_err)?;
-    let spec: Spec = serde_json::from_str(&info.spec).map_err(|e| core_to_py_err(e.into()))?;
+    let spec: Spec = serde_json::from_str(&info.spec).map_err(|e| core_to_py_err(e))?;
     let trials = store.trials(info.id).map_err(core_to_py_err)?;
     let mut checkpoints: BTreeMap<TrialId, Vec<(u64, String, Option<f64>)>> = BTreeMap::new();
     for checkpoint in store.checkpoints(info.id).map_err(core_to_py_err)? {
@@ -41,7 +41,7 @@ pub fn results_dict<'py>(py: Python<'py>, store_path: &Path, experiment: Option<
                 .push((checkpoint.step, checkpoint.path, checkpoint.value));
         }
     }
-    let trials_root = rung::tuner::trials_root(store_path, &info.name);
+    let trials_root = tune_sweep::tuner::trials_root(store_path, &info.name);
     // An experiment that is not finished was interrupted (or is running elsewhere): resumable.
     let status = if info.is_finished() { "finished" } else { "interrupted" };
     let out = PyDict::new(py);
@@ -56,7 +56,7 @@ pub fn results_dict<'py>(py: Python<'py>, store_path: &Path, experiment: Option<
     out.set_item("spec", &info.spec)?;
     out.set_item(
         "best_trial",
-        rung::tuner::best_trial(&trials, spec.mode).map(|t| t.id.to_string()),
+        tune_sweep::tuner::best_trial(&trials, spec.mode).map(|t| t.id.to_string()),
     )?;
     let list = PyList::empty(py);
     for trial in &trials {

@@ -11,12 +11,13 @@ use std::time::Duration;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use rung::{Spec, SweepResult, Tuner};
 use tune_core::controller::{Launch, Outcome, Progress};
-use tune_core::driver::{DriverHandle, Runner, TrialFiles, TrialLink};
-use tune_core::storage::{self, CheckpointStorage};
 use tune_core::trial::{Decision, Report, TrialId};
 use tune_core::value::Config;
+use tune_runtime::driver::{DriverHandle, Runner, TrialLink};
+use tune_runtime::files::TrialFiles;
+use tune_runtime::storage::{self, CheckpointStorage};
+use tune_sweep::{Spec, SweepResult, Tuner};
 
 use crate::convert::map_to_py;
 use crate::results::results_dict;
@@ -247,7 +248,7 @@ impl Trial {
 
 /// Where a sweep's outcome is, once its thread has ended.
 enum Ending {
-    Running(Receiver<rung::Result<SweepResult>>),
+    Running(Receiver<tune_sweep::Result<SweepResult>>),
     Ended(Result<SweepResult, (bool, String)>),
 }
 
@@ -312,7 +313,7 @@ impl Sweep {
                         queue: Mutex::new(queue),
                         trials_root,
                         stop_grace: Duration::from_secs_f64(spec.trial.stop_grace_s),
-                        storage: rung::tuner::checkpoint_storage(spec)?,
+                        storage: tune_sweep::tuner::checkpoint_storage(spec)?,
                         experiment: info.name.clone(),
                     }) as Arc<dyn Runner>)
                 })

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rung::tune_core::store::{ExperimentInfo, Store, StoredTrial};
+use rung::tune_runtime::store::{ExperimentInfo, Store, StoredTrial};
 
 /// A temporary folder with `trials/learning_curve.py` copied in.
 pub struct Sandbox {

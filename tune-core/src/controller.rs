@@ -212,6 +212,18 @@ pub struct TrialRow {
     pub error: Option<String>,
 }
 
+/// The trial with the best value of the metric among `trials`.
+pub fn best_trial(trials: &[TrialRow], mode: Mode) -> Option<&TrialRow> {
+    trials
+        .iter()
+        .filter_map(|trial| trial.best.map(|(value, _)| (trial, mode.score(value))))
+        .fold(None, |best: Option<(&TrialRow, f64)>, (trial, score)| match best {
+            Some((_, best_score)) if best_score >= score => best,
+            _ => Some((trial, score)),
+        })
+        .map(|(trial, _)| trial)
+}
+
 /// Why the sweep ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

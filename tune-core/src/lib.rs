@@ -1,23 +1,20 @@
-//! tune-core: rung's domain and controller.
+//! tune-core: rung's pure core, with no I/O and no async runtime.
 //!
 //! Search spaces and sampling ([`space`]), configurations ([`value`]), trials and their
-//! lifecycle ([`trial`]), the [`Searcher`](searcher::Searcher) and
-//! [`Scheduler`](scheduler::Scheduler) traits, the sans-IO [`controller`], the durable
-//! [`store`], and the adapters that run trials around it ([`driver`], [`runner`]).
+//! lifecycle ([`trial`]), resource requests ([`resources`]), the
+//! [`Searcher`](searcher::Searcher) and [`Scheduler`](scheduler::Scheduler) traits, report-line
+//! parsing ([`protocol`]) and the sans-IO [`controller`]. The crate never opens a file, a socket
+//! or a database and never awaits: `tune-runtime` does the I/O around it, and the compiler keeps
+//! it that way, since none of SQLite, tokio or an HTTP client is a dependency here.
 
 pub mod controller;
-pub mod driver;
 pub mod error;
 pub mod protocol;
 pub mod resources;
 pub mod rng;
-pub mod runner;
 pub mod scheduler;
 pub mod searcher;
 pub mod space;
-pub mod storage;
-pub mod store;
-mod sys;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trial;

@@ -798,7 +798,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 impl Space {
     /// Parses a space from its spec-file form given as JSON.
     pub fn from_json(value: &Value) -> Result<Self> {
-        let raw: Raw = serde_json::from_value(value.clone())?;
+        let raw: Raw =
+            serde_json::from_value(value.clone()).map_err(|error| Error::setting("space", error.to_string()))?;
         Space::from_raw(&raw)
     }
 

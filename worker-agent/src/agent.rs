@@ -15,12 +15,12 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 use tune_core::controller::{CheckpointRef, Launch, Outcome};
 use tune_core::resources::Inventory;
-use tune_core::runner::{ProcessConfig, TrialSink, run_process};
-use tune_core::storage::CheckpointStorage;
 use tune_core::trial::{Decision, Report, TrialId};
 use tune_core::value::Config;
 use tune_proto::v1;
 use tune_proto::v1::agents_client::AgentsClient;
+use tune_runtime::runner::{ProcessConfig, TrialSink, run_process};
+use tune_runtime::storage::CheckpointStorage;
 
 /// Everything an agent needs.
 #[derive(Debug, Clone)]
@@ -321,7 +321,7 @@ fn handle(shared: &Arc<Shared>, message: v1::ControllerMessage) {
                         && !running.exited
                         && let Some(pid) = running.pid
                     {
-                        tune_core::runner::kill_process_group(pid);
+                        tune_runtime::runner::kill_process_group(pid);
                     }
                     let _ = running.stop.send(true);
                 }

@@ -12,17 +12,17 @@ use tonic::transport::server::Router;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 use tune_core::controller::Outcome;
-use tune_core::store::Store;
 use tune_core::trial::{Decision, TrialId};
 use tune_proto::v1;
 use tune_proto::v1::agents_server::{Agents, AgentsServer};
 use tune_proto::v1::experiments_server::{Experiments, ExperimentsServer};
 use tune_proto::v1::trials_server::{Trials, TrialsServer};
+use tune_runtime::store::Store;
 
 use super::Shared;
 use super::hub::{Followup, Refusal, RunState, decision_to_proto};
 use crate::error::{Error, Result};
-use crate::spec::Spec;
+use tune_sweep::spec::Spec;
 
 impl From<Refusal> for Status {
     fn from(refusal: Refusal) -> Status {
@@ -30,16 +30,6 @@ impl From<Refusal> for Status {
             Refusal::NotFound(message) => Status::not_found(message),
             Refusal::Precondition(message) => Status::failed_precondition(message),
             Refusal::Invalid(message) => Status::invalid_argument(message),
-        }
-    }
-}
-
-impl From<Error> for Status {
-    fn from(error: Error) -> Status {
-        if error.is_bad_input() {
-            Status::invalid_argument(error.to_string())
-        } else {
-            Status::internal(error.to_string())
         }
     }
 }
@@ -566,7 +556,8 @@ impl Experiments for Service {
         } else {
             &request.spec_dir
         });
-        let spec = Spec::from_submitted(&request.spec, request.json, &folder).map_err(Status::from)?;
+        let spec = Spec::from_submitted(&request.spec, request.json, &folder)
+            .map_err(|error| Status::from(Error::from(error)))?;
         if self.shared.hub().closing {
             return Err(Status::unavailable("the server is shutting down"));
         }

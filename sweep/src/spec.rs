@@ -33,13 +33,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tune_core::controller::ControllerConfig;
 use tune_core::resources::{Bundle, Placement, ResourceRequest};
-use tune_core::runner::{placeholders, resolve_program};
 use tune_core::space::Space;
 use tune_core::trial::Mode;
+use tune_runtime::runner::{placeholders, resolve_program};
 use tune_schedulers::SchedulerConfig;
 use tune_search::SearcherConfig;
 
 use crate::error::{Error, Result};
+pub use tune_tracking::{MLFLOW_TRACKING_URI, SweepFacts, Tracking};
 
 /// A sweep: what to optimise, over which space, with which searcher and scheduler, and how to
 /// run a trial.
@@ -87,56 +88,6 @@ pub struct Spec {
     /// Where the sweep is mirrored for experiment tracking (MLflow); none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracking: Option<Tracking>,
-}
-
-/// The `[tracking]` table: mirror the sweep into an MLflow tracking server.
-///
-/// The sweep becomes a parent run and each trial a child run (see [`crate::tracking`]). The
-/// table turns tracking on; `MLFLOW_TRACKING_URI` is only read when it has no `mlflow_uri`, so a
-/// machine-wide MLflow setting does not change sweeps that do not ask for tracking.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tracking {
-    /// The MLflow server, `http://host:port` or `https://...`; `MLFLOW_TRACKING_URI` when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mlflow_uri: Option<String>,
-    /// The MLflow experiment to log into; the rung experiment's name when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub experiment: Option<String>,
-    /// How long, once the sweep has ended, rung waits for the backlog to reach MLflow before it
-    /// gives up and says what was left unsent (default 30 s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flush_timeout_s: Option<f64>,
-}
-
-/// The environment variable that names the MLflow server when `[tracking]` has no `mlflow_uri`.
-pub const MLFLOW_TRACKING_URI: &str = "MLFLOW_TRACKING_URI";
-
-impl Tracking {
-    /// The MLflow server to use, checked: `mlflow_uri`, else `$MLFLOW_TRACKING_URI`. The error
-    /// names the setting (or the variable) the bad value came from.
-    pub fn resolve_uri(&self) -> Result<String> {
-        self.resolve_uri_with(std::env::var(MLFLOW_TRACKING_URI).ok())
-    }
-
-    /// [`Tracking::resolve_uri`] with the environment variable's value given.
-    pub fn resolve_uri_with(&self, from_env: Option<String>) -> Result<String> {
-        let (setting, uri) = match (&self.mlflow_uri, from_env) {
-            (Some(uri), _) => ("tracking.mlflow_uri", uri.clone()),
-            (None, Some(uri)) => (MLFLOW_TRACKING_URI, uri),
-            (None, None) => {
-                return Err(Error::Core(tune_core::Error::setting(
-                    "tracking.mlflow_uri",
-                    format!(
-                        "is missing: [tracking] needs the MLflow server's URL (e.g. \"http://127.0.0.1:5000\"), here or in {MLFLOW_TRACKING_URI}"
-                    ),
-                )));
-            }
-        };
-        crate::tracking::check_mlflow_uri(&uri)
-            .map_err(|message| Error::Core(tune_core::Error::setting(setting, message)))?;
-        Ok(uri.trim_end_matches('/').to_owned())
-    }
 }
 
 /// The `[trial]` table.
@@ -325,10 +276,10 @@ impl Spec {
         spec.resolve_defaults();
         spec.validate()?;
         if spec.trial.command.is_empty() && spec.trial.simulate.is_none() {
-            return Err(Error::Core(tune_core::Error::setting(
+            return Err(Error::setting(
                 "trial.command",
                 "is missing: a spec run from the command line needs the trial's command (or `simulate` for rung simulate)",
-            )));
+            ));
         }
         if !spec.trial.command.is_empty() {
             spec.validate_command()?;
@@ -361,10 +312,10 @@ impl Spec {
         spec.resolve_defaults();
         spec.validate()?;
         if spec.trial.simulate.is_some() {
-            return Err(Error::Core(tune_core::Error::setting(
+            return Err(Error::setting(
                 "trial.simulate",
                 "a simulated workload runs with `rung simulate`, not on a server",
-            )));
+            ));
         }
         if !spec.trial.command.is_empty() {
             spec.validate_placeholders()?;
@@ -397,7 +348,7 @@ impl Spec {
 
     /// Checks every setting, naming the first that cannot work.
     pub fn validate(&self) -> Result<()> {
-        let bad = |setting: &str, message: String| Err(Error::Core(tune_core::Error::setting(setting, message)));
+        let bad = |setting: &str, message: String| Err(Error::setting(setting, message));
         if self.name.trim().is_empty() || self.name.contains(['/', '\\']) {
             return bad(
                 "name",
@@ -445,7 +396,7 @@ impl Spec {
             );
         }
         if let Some(uri) = &self.trial.checkpoint_storage
-            && let Err(error) = tune_core::storage::validate_uri(uri)
+            && let Err(error) = tune_runtime::storage::validate_uri(uri)
         {
             return bad(
                 "trial.checkpoint_storage",
@@ -518,7 +469,7 @@ impl Spec {
 
     /// Checks that the trial command's program exists and its placeholders name parameters.
     pub fn validate_command(&self) -> Result<()> {
-        let bad = |message: String| Err(Error::Core(tune_core::Error::setting("trial.command", message)));
+        let bad = |message: String| Err(Error::setting("trial.command", message));
         let Some(program) = self.trial.command.first() else {
             return bad("is empty".into());
         };
@@ -536,7 +487,7 @@ impl Spec {
 
     /// Checks that every `{name}` of the command names a parameter (or `config`, `trial_id`).
     pub fn validate_placeholders(&self) -> Result<()> {
-        let bad = |message: String| Err(Error::Core(tune_core::Error::setting("trial.command", message)));
+        let bad = |message: String| Err(Error::setting("trial.command", message));
         let known = self.space.parameter_names();
         for arg in &self.trial.command {
             for name in placeholders(arg) {
@@ -549,6 +500,17 @@ impl Spec {
             }
         }
         Ok(())
+    }
+
+    /// What MLflow tracking records of this sweep's settings.
+    pub fn sweep_facts(&self) -> SweepFacts {
+        SweepFacts {
+            metric: self.metric.clone(),
+            mode: self.mode,
+            num_samples: self.num_samples,
+            searcher: self.searcher.kind().to_owned(),
+            scheduler: self.scheduler.kind().to_owned(),
+        }
     }
 
     /// The controller settings this spec describes.
@@ -850,6 +812,56 @@ stop_grace_s = 10
                 .unwrap_err()
                 .to_string()
                 .starts_with("setting \"trial.command\": placeholder {learning_rate} names no parameter")
+        );
+    }
+
+    #[test]
+    fn the_tracking_table_is_read_and_checked_naming_the_setting() {
+        let base = "metric = \"loss\"\nmode = \"min\"\n";
+        let spec = Spec::from_toml_str(&format!(
+            "{base}[tracking]\nmlflow_uri = \"http://127.0.0.1:5000\"\nexperiment = \"sweeps\"\n"
+        ))
+        .unwrap();
+        spec.validate().unwrap();
+        let tracking = spec.tracking.clone().unwrap();
+        assert_eq!(tracking.experiment.as_deref(), Some("sweeps"));
+        assert_eq!(tracking.resolve_uri_with(None).unwrap(), "http://127.0.0.1:5000");
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(Spec::from_json_str(&json).unwrap(), spec);
+
+        let bad = Spec::from_toml_str(&format!("{base}[tracking]\nmlflow_uri = \"localhost:5000\"\n")).unwrap();
+        let error = bad.validate().unwrap_err().to_string();
+        assert!(
+            error.starts_with("setting \"tracking.mlflow_uri\": \"localhost:5000\" is not an http"),
+            "{error}"
+        );
+        assert!(bad.validate().unwrap_err().is_bad_input());
+
+        let from_env = Tracking::default();
+        assert_eq!(
+            from_env.resolve_uri_with(Some("http://mlflow:5000/".into())).unwrap(),
+            "http://mlflow:5000"
+        );
+        let error = from_env
+            .resolve_uri_with(Some("sqlite:///x.db".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("setting \"MLFLOW_TRACKING_URI\": "), "{error}");
+        let error = from_env.resolve_uri_with(None).unwrap_err().to_string();
+        assert!(
+            error.starts_with("setting \"tracking.mlflow_uri\": is missing") && error.contains("MLFLOW_TRACKING_URI"),
+            "{error}"
+        );
+
+        let error = Spec::from_toml_str(&format!("{base}[tracking]\nuri = \"http://x\"\n")).unwrap_err();
+        assert!(error.contains("unknown field `uri`"), "{error}");
+        let timeout = Spec::from_toml_str(&format!(
+            "{base}[tracking]\nmlflow_uri = \"http://x:1\"\nflush_timeout_s = -1\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            timeout.validate().unwrap_err().to_string(),
+            "setting \"tracking.flush_timeout_s\": must be a non-negative number of seconds, got -1"
         );
     }
 }

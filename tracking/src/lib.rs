@@ -42,13 +42,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tune_core::controller::{EndCause, Record};
-use tune_core::driver::CommitHook;
-use tune_core::store::{ExperimentInfo, Store, StoredTrial};
 use tune_core::trial::{EndReason, Metrics, Mode, TrialId, TrialStatus};
 use tune_core::value::{Config, value_to_arg};
+use tune_runtime::driver::CommitHook;
+use tune_runtime::store::{ExperimentInfo, Store, StoredTrial};
 
-use crate::error::{Error, Result};
-use crate::spec::{Spec, Tracking};
+mod error;
+mod settings;
+
+pub use error::{Error, Result};
+pub use settings::{MLFLOW_TRACKING_URI, SweepFacts, Tracking};
 
 /// How many updates the queue between the driver and the tracking thread holds before trials are
 /// diverted (read back from the store later).
@@ -875,11 +878,11 @@ impl Http {
             .timeout(Duration::from_secs(10))
             .user_agent(concat!("rung/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|error| Error::Internal(format!("cannot make the MLflow client: {error}")))?;
+            .map_err(|error| Error::Client(error.to_string()))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|error| Error::Internal(format!("cannot start the MLflow client's runtime: {error}")))?;
+            .map_err(Error::Runtime)?;
         let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
         Ok(Http {
             base: uri.trim().trim_end_matches('/').to_owned(),
@@ -1009,9 +1012,9 @@ pub struct TrackerSettings {
 }
 
 impl TrackerSettings {
-    /// The settings for `experiment` of the store at `store`, run with `spec`: the URI from
-    /// `[tracking]` (or `MLFLOW_TRACKING_URI`), checked.
-    pub fn new(tracking: &Tracking, spec: &Spec, experiment: &ExperimentInfo, store: &Path) -> Result<Self> {
+    /// The settings for `experiment` of the store at `store`, a sweep described by `sweep`: the
+    /// URI from `[tracking]` (or `MLFLOW_TRACKING_URI`), checked.
+    pub fn new(tracking: &Tracking, sweep: &SweepFacts, experiment: &ExperimentInfo, store: &Path) -> Result<Self> {
         let uri = tracking.resolve_uri()?;
         let store_path = store.canonicalize().unwrap_or_else(|_| store.to_owned());
         let sweep_id = format!(
@@ -1024,20 +1027,20 @@ impl TrackerSettings {
             ])
         );
         let parent_params = vec![
-            ("metric".to_owned(), spec.metric.clone()),
-            ("mode".to_owned(), spec.mode.to_string()),
-            ("num_samples".to_owned(), spec.num_samples.to_string()),
+            ("metric".to_owned(), sweep.metric.clone()),
+            ("mode".to_owned(), sweep.mode.to_string()),
+            ("num_samples".to_owned(), sweep.num_samples.to_string()),
             ("seed".to_owned(), experiment.seed.to_string()),
-            ("searcher".to_owned(), spec.searcher.kind().to_owned()),
-            ("scheduler".to_owned(), spec.scheduler.kind().to_owned()),
+            ("searcher".to_owned(), sweep.searcher.clone()),
+            ("scheduler".to_owned(), sweep.scheduler.clone()),
         ];
         Ok(TrackerSettings {
             uri,
             mlflow_experiment: tracking.experiment.clone().unwrap_or_else(|| experiment.name.clone()),
             rung_experiment: experiment.name.clone(),
             sweep_id,
-            metric: spec.metric.clone(),
-            mode: spec.mode,
+            metric: sweep.metric.clone(),
+            mode: sweep.mode,
             store: store_path,
             experiment_id: experiment.id,
             created_ms: experiment.created_at.saturating_mul(1000),
@@ -1109,7 +1112,7 @@ impl Tracker {
             .spawn(move || {
                 let _ = sender.send(worker.run());
             })
-            .map_err(|error| Error::Internal(format!("cannot start the MLflow tracking thread: {error}")))?;
+            .map_err(Error::Thread)?;
         Ok(Tracker {
             shared,
             outcome: Some(outcome),
@@ -1677,7 +1680,7 @@ impl<A: Api> Worker<A> {
 
     fn read_store<T>(
         &mut self,
-        read: impl FnOnce(&Store, i64) -> tune_core::Result<T>,
+        read: impl FnOnce(&Store, i64) -> tune_runtime::Result<T>,
     ) -> std::result::Result<T, Stop> {
         if self.store.is_none() {
             let store = Store::open(&self.settings.store)
@@ -1763,7 +1766,7 @@ impl<A: Api> Worker<A> {
                 .map_err(|stop| match stop {
                     Stop::Retry(why) | Stop::Fatal(why) => why,
                 })?;
-            if let Some(best) = crate::tuner::best_trial(&trials, self.settings.mode)
+            if let Some(best) = tune_core::controller::best_trial(&trials, self.settings.mode)
                 && let Some((value, step)) = best.best
             {
                 let parent = &mut self.plan.parent;
@@ -1880,8 +1883,8 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
     use tune_core::controller::TrialRow;
-    use tune_core::store::{Batch, LoggedEvent};
     use tune_core::trial::Report;
+    use tune_runtime::store::{Batch, LoggedEvent};
 
     fn config(lr: f64) -> Config {
         serde_json::from_value(json!({"lr": lr, "model": {"act": "relu", "width": 4}})).unwrap()
@@ -1926,56 +1929,6 @@ mod tests {
             let error = check_mlflow_uri(uri).unwrap_err();
             assert!(error.contains(expected), "{uri}: {error}");
         }
-    }
-
-    #[test]
-    fn the_tracking_table_is_read_and_checked_naming_the_setting() {
-        let base = "metric = \"loss\"\nmode = \"min\"\n";
-        let spec = Spec::from_toml_str(&format!(
-            "{base}[tracking]\nmlflow_uri = \"http://127.0.0.1:5000\"\nexperiment = \"sweeps\"\n"
-        ))
-        .unwrap();
-        spec.validate().unwrap();
-        let tracking = spec.tracking.clone().unwrap();
-        assert_eq!(tracking.experiment.as_deref(), Some("sweeps"));
-        assert_eq!(tracking.resolve_uri_with(None).unwrap(), "http://127.0.0.1:5000");
-        let json = serde_json::to_string(&spec).unwrap();
-        assert_eq!(Spec::from_json_str(&json).unwrap(), spec);
-
-        let bad = Spec::from_toml_str(&format!("{base}[tracking]\nmlflow_uri = \"localhost:5000\"\n")).unwrap();
-        let error = bad.validate().unwrap_err().to_string();
-        assert!(
-            error.starts_with("setting \"tracking.mlflow_uri\": \"localhost:5000\" is not an http"),
-            "{error}"
-        );
-        assert!(bad.validate().unwrap_err().is_bad_input());
-
-        let from_env = Tracking::default();
-        assert_eq!(
-            from_env.resolve_uri_with(Some("http://mlflow:5000/".into())).unwrap(),
-            "http://mlflow:5000"
-        );
-        let error = from_env
-            .resolve_uri_with(Some("sqlite:///x.db".into()))
-            .unwrap_err()
-            .to_string();
-        assert!(error.starts_with("setting \"MLFLOW_TRACKING_URI\": "), "{error}");
-        let error = from_env.resolve_uri_with(None).unwrap_err().to_string();
-        assert!(
-            error.starts_with("setting \"tracking.mlflow_uri\": is missing") && error.contains("MLFLOW_TRACKING_URI"),
-            "{error}"
-        );
-
-        let error = Spec::from_toml_str(&format!("{base}[tracking]\nuri = \"http://x\"\n")).unwrap_err();
-        assert!(error.contains("unknown field `uri`"), "{error}");
-        let timeout = Spec::from_toml_str(&format!(
-            "{base}[tracking]\nmlflow_uri = \"http://x:1\"\nflush_timeout_s = -1\n"
-        ))
-        .unwrap();
-        assert_eq!(
-            timeout.validate().unwrap_err().to_string(),
-            "setting \"tracking.flush_timeout_s\": must be a non-negative number of seconds, got -1"
-        );
     }
 
     #[test]
@@ -2445,9 +2398,8 @@ mod tests {
         fn new() -> Sweep {
             let dir = tempfile::tempdir().unwrap();
             let mut store = Store::open_or_create(&dir.path().join("rung.db")).unwrap();
-            let spec = Spec::new("loss", Mode::Min);
             let info = store
-                .create_experiment("sweep", &serde_json::to_string(&spec).unwrap(), 7)
+                .create_experiment("sweep", r#"{"metric":"loss","mode":"min"}"#, 7)
                 .unwrap();
             Sweep {
                 _dir: dir,
@@ -2463,8 +2415,13 @@ mod tests {
                 experiment: None,
                 flush_timeout_s: Some(10.0),
             };
-            let mut settings =
-                TrackerSettings::new(&tracking, &Spec::new("loss", Mode::Min), &self.info, self.store.path()).unwrap();
+            let mut settings = TrackerSettings::new(
+                &tracking,
+                &SweepFacts::new("loss", Mode::Min),
+                &self.info,
+                self.store.path(),
+            )
+            .unwrap();
             settings.capacity = capacity;
             settings
         }

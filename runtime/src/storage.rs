@@ -27,9 +27,9 @@ use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 use tokio::io::AsyncWriteExt;
 
-use crate::controller::CheckpointRef;
-use crate::driver::TrialFiles;
-use crate::trial::TrialId;
+use crate::files::TrialFiles;
+use tune_core::controller::CheckpointRef;
+use tune_core::trial::TrialId;
 
 /// The spec setting this module's errors name.
 pub const SETTING: &str = "trial.checkpoint_storage";

@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 
 use tonic::transport::Channel;
 use tune_core::controller::TrialRow;
-use tune_core::store::ExperimentInfo;
 use tune_core::trial::{Metrics, Report, TrialId, TrialStatus};
 use tune_core::value::Config;
 use tune_proto::v1;
 use tune_proto::v1::experiments_client::ExperimentsClient;
+use tune_runtime::store::ExperimentInfo;
 
-use crate::error::{Error, Result};
-use crate::spec::Spec;
+use tune_sweep::error::{Error, Result};
+use tune_sweep::spec::Spec;
 
 /// How to reach a server.
 #[derive(Debug, Clone)]
@@ -116,7 +116,7 @@ pub async fn fetch(remote: &Remote, name: Option<&str>) -> Result<RemoteExperime
         .map_err(status_error)?
         .into_inner()
         .trials;
-    let spec: Spec = serde_json::from_str(&status.spec_json).map_err(tune_core::Error::from)?;
+    let spec: Spec = serde_json::from_str(&status.spec_json).map_err(tune_runtime::Error::from)?;
     let info = ExperimentInfo {
         id: 0,
         name: status.name.clone(),
@@ -136,7 +136,7 @@ pub async fn fetch(remote: &Remote, name: Option<&str>) -> Result<RemoteExperime
     let mut rows = Vec::with_capacity(trials.len());
     for trial in trials {
         let id = TrialId(trial.trial);
-        let config: Config = serde_json::from_str(&trial.config_json).map_err(tune_core::Error::from)?;
+        let config: Config = serde_json::from_str(&trial.config_json).map_err(tune_runtime::Error::from)?;
         best_metrics.push((id, trial.best_metrics.into_iter().collect()));
         rows.push(TrialRow {
             id,

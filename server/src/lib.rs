@@ -12,8 +12,11 @@
 //!   └──────────────────────────── Launch / Stop / Ack ◀── hub (placement, leases) ◀────┘
 //! ```
 
+pub mod error;
 pub mod hub;
 mod service;
+
+pub use error::{Error, Result};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,13 +26,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, oneshot, watch};
 use tune_core::controller::{Launch, Outcome, Progress};
-use tune_core::driver::{Runner, TrialLink};
-use tune_core::store::Store;
+use tune_runtime::driver::{Runner, TrialLink};
+use tune_runtime::store::Store;
 
-use crate::error::{Error, Result};
-use crate::spec::Spec;
-use crate::tuner::{SweepResult, SweepStatus, Tuner};
 use hub::{Experiment, Hub, RunState};
+use tune_sweep::spec::Spec;
+use tune_sweep::tuner::{SweepResult, SweepStatus, Tuner};
 
 /// How `rung serve` runs.
 #[derive(Debug, Clone)]
@@ -128,7 +130,7 @@ pub async fn serve(
 
     // Finished experiments are listed (read-only); unfinished ones resume.
     for info in existing.iter().filter(|e| e.is_finished()) {
-        let spec: Spec = serde_json::from_str(&info.spec).map_err(tune_core::Error::from)?;
+        let spec: Spec = serde_json::from_str(&info.spec).map_err(tune_runtime::Error::from)?;
         let progress = stored_progress(&shared.config.db, info.id, &spec).await?;
         let entry = experiment_entry(info, Arc::new(spec), progress);
         let mut hub = shared.hub();
@@ -266,7 +268,7 @@ enum Start {
     Resume(String),
 }
 
-fn experiment_entry(info: &tune_core::store::ExperimentInfo, spec: Arc<Spec>, progress: Progress) -> Experiment {
+fn experiment_entry(info: &tune_runtime::store::ExperimentInfo, spec: Arc<Spec>, progress: Progress) -> Experiment {
     Experiment {
         name: info.name.clone(),
         external: spec.trial.command.is_empty(),
@@ -309,7 +311,7 @@ async fn stored_progress(db: &std::path::Path, experiment: i64, spec: &Spec) -> 
                 TrialStatus::Errored => progress.errored += 1,
             }
         }
-        progress.best = crate::tuner::best_trial(&trials, mode).and_then(|t| t.best.map(|(v, s)| (t.id, v, s)));
+        progress.best = tune_sweep::tuner::best_trial(&trials, mode).and_then(|t| t.best.map(|(v, s)| (t.id, v, s)));
         Ok(progress)
     })
     .await
@@ -366,11 +368,12 @@ async fn start_experiment(shared: &Arc<Shared>, start: Start) -> Result<String> 
     let watcher = tokio::spawn(async move {
         let mut result_sender = Some(result_sender);
         let mut run = run;
-        let refused = |outcome: std::result::Result<Result<SweepResult>, tokio::task::JoinError>| match outcome {
-            Ok(Ok(_)) => Error::Internal("the experiment ended before it started".into()),
-            Ok(Err(error)) => error,
-            Err(join) => Error::Internal(format!("the experiment's task failed: {join}")),
-        };
+        let refused =
+            |outcome: std::result::Result<tune_sweep::Result<SweepResult>, tokio::task::JoinError>| match outcome {
+                Ok(Ok(_)) => Error::Internal("the experiment ended before it started".into()),
+                Ok(Err(error)) => error.into(),
+                Err(join) => Error::Internal(format!("the experiment's task failed: {join}")),
+            };
         let name = tokio::select! {
             name = name => name.ok(),
             outcome = &mut run => {

@@ -17,8 +17,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use tune_core::controller::{Command, Event, Outcome, Progress, Summary};
-use tune_core::store::{Batch, LoggedEvent, Store};
 use tune_core::trial::{Report, TrialId};
+use tune_runtime::store::{Batch, LoggedEvent, Store};
 
 use crate::error::{Error, Result};
 use crate::spec::Spec;
@@ -85,10 +85,10 @@ pub fn simulate(
         Error::Usage("the spec has no [trial] simulate = \"learning-curve\": nothing to simulate".into())
     })?;
     if workload != "learning-curve" {
-        return Err(Error::Core(tune_core::Error::setting(
+        return Err(Error::setting(
             "trial.simulate",
             format!("unknown workload \"{workload}\" (known: {})", WORKLOADS.join(", ")),
-        )));
+        ));
     }
     let mut spec = spec.clone();
     spec.max_concurrent = Some(workers.max(1));

@@ -36,19 +36,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tune_core::controller::{Controller, Progress};
-use tune_core::driver::{Driver, DriverHandle, DriverSetup, ExperimentLock, Runner, SweepEnd};
-use tune_core::runner::{InProcessRunner, ProcessConfig, ProcessRunner, TrialContext};
 use tune_core::space::Space;
-use tune_core::storage::{self, CheckpointStorage, StorageError};
-use tune_core::store::{ExperimentInfo, Store, StoredTrial};
 use tune_core::trial::Mode;
+use tune_runtime::driver::{Driver, DriverHandle, DriverSetup, ExperimentLock, Runner, SweepEnd};
+use tune_runtime::runner::{InProcessRunner, ProcessConfig, ProcessRunner, TrialContext};
+use tune_runtime::storage::{self, CheckpointStorage, StorageError};
+use tune_runtime::store::{ExperimentInfo, Store, StoredTrial};
 use tune_schedulers::SchedulerConfig;
 use tune_search::SearcherConfig;
 
 use crate::error::{Error, Result};
 use crate::progress;
 use crate::spec::Spec;
-use crate::tracking::{Tracker, TrackerSettings};
+use tune_tracking::{Tracker, TrackerSettings};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,17 +95,7 @@ impl SweepResult {
     }
 }
 
-/// The trial with the best value of the metric among `trials`.
-pub fn best_trial(trials: &[StoredTrial], mode: Mode) -> Option<&StoredTrial> {
-    trials
-        .iter()
-        .filter_map(|trial| trial.best.map(|(value, _)| (trial, mode.score(value))))
-        .fold(None, |best: Option<(&StoredTrial, f64)>, (trial, score)| match best {
-            Some((_, best_score)) if best_score >= score => best,
-            _ => Some((trial, score)),
-        })
-        .map(|(trial, _)| trial)
-}
+pub use tune_core::controller::best_trial;
 
 /// Builds a [`Tuner`]; every setting is checked in [`TunerBuilder::build`].
 #[derive(Debug, Clone)]
@@ -445,7 +435,7 @@ impl Tuner {
             }
             Start::Existing(name) => store.experiment(name.as_deref())?,
         };
-        let spec: Spec = serde_json::from_str(&experiment.spec).map_err(tune_core::Error::from)?;
+        let spec: Spec = serde_json::from_str(&experiment.spec).map_err(tune_runtime::Error::from)?;
         if experiment.is_finished() {
             return load_result(
                 &store,
@@ -474,7 +464,7 @@ impl Tuner {
         let tracker = match &spec.tracking {
             Some(tracking) => Some(Tracker::start(TrackerSettings::new(
                 tracking,
-                &spec,
+                &spec.sweep_facts(),
                 &experiment,
                 &self.store,
             )?)?),
@@ -579,8 +569,5 @@ fn check_storage(spec: &Spec, runtime: &tokio::runtime::Handle) -> Result<()> {
 }
 
 fn storage_error(error: StorageError) -> Error {
-    Error::Core(tune_core::Error::setting(
-        storage::SETTING,
-        format!("\"{}\": {}", error.uri, error.reason),
-    ))
+    Error::setting(storage::SETTING, format!("\"{}\": {}", error.uri, error.reason))
 }

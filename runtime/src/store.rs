@@ -14,9 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use crate::controller::{Event, Record};
 use crate::error::{Error, Result};
-use crate::trial::{Report, TrialId, TrialStatus, metrics_serde};
+use tune_core::controller::{Event, Record};
+use tune_core::trial::{Report, TrialId, TrialStatus, metrics_serde};
 
 /// `PRAGMA application_id` of rung stores ("RUNG").
 pub const APPLICATION_ID: i32 = 0x5255_4E47;
@@ -114,7 +114,7 @@ pub struct LoggedEvent {
 }
 
 /// A trial as the store holds it: the same row the controller persists.
-pub use crate::controller::TrialRow as StoredTrial;
+pub use tune_core::controller::TrialRow as StoredTrial;
 
 /// A checkpoint as the store holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -574,9 +574,9 @@ fn write_record(tx: &rusqlite::Transaction<'_>, experiment: i64, record: &Record
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::{CheckpointRef, EndCause, TrialRow};
-    use crate::trial::Metrics;
-    use crate::value::Config;
+    use tune_core::controller::{CheckpointRef, EndCause, TrialRow};
+    use tune_core::trial::Metrics;
+    use tune_core::value::Config;
 
     fn report(step: u64, loss: f64) -> Report {
         Report {
@@ -680,7 +680,8 @@ mod tests {
             serde_json::json!({"a": awkward[0], "b": awkward[1], "c": awkward[2], "d": awkward[3], "e": awkward[4]}),
         )
         .unwrap();
-        let metrics: crate::trial::Metrics = awkward.iter().enumerate().map(|(i, v)| (format!("m{i}"), *v)).collect();
+        let metrics: tune_core::trial::Metrics =
+            awkward.iter().enumerate().map(|(i, v)| (format!("m{i}"), *v)).collect();
         let report = Report {
             step: 1,
             metrics: metrics.clone(),

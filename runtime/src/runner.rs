@@ -12,14 +12,15 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Child;
 
-use crate::controller::{Launch, Outcome};
-use crate::driver::{Runner, TrialFiles, TrialLink};
+use crate::driver::{Runner, TrialLink};
 use crate::error::{Error, Result};
-use crate::protocol::parse_report_line;
+use crate::files::TrialFiles;
 use crate::storage::{self, CheckpointStorage};
 use crate::sys;
-use crate::trial::{Decision, Metrics, Report, TrialId};
-use crate::value::{Config, value_to_arg};
+use tune_core::controller::{Launch, Outcome};
+use tune_core::protocol::parse_report_line;
+use tune_core::trial::{Decision, Metrics, Report, TrialId};
+use tune_core::value::{Config, value_to_arg};
 
 /// Expands `{name}` placeholders in a command: `{lr}`, `{optimizer.lr}` (dotted names),
 /// `{config}` (the whole config as JSON) and `{trial_id}`; `{{` and `}}` are literal braces.

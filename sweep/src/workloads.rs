@@ -1,8 +1,8 @@
 //! The shared workloads of `shared/workloads/README.md`, for examples, tests and benchmarks.
 
-use crate::Space;
-use crate::tune_core::space::Domain;
-use crate::tune_core::value::Config;
+use tune_core::space::Domain;
+use tune_core::space::Space;
+use tune_core::value::Config;
 
 /// The `learning-curve` search space: lr, batch, layers, dropout.
 pub fn learning_curve_space() -> Space {
@@ -211,7 +211,7 @@ mod tests {
         let mixed = config(serde_json::json!({"x1": pi, "x2": 2.275, "shift": "right", "n": 3}));
         assert!((Synthetic::MixedBranin.value(&mixed) - (0.397887 + 5.0 + 0.2)).abs() < 1e-5);
         for function in Synthetic::ALL {
-            let mut rng = crate::tune_core::rng::stream(1, "test");
+            let mut rng = tune_core::rng::stream(1, "test");
             for _ in 0..100 {
                 let value = function.value(&function.space().sample(&mut rng, &Default::default()));
                 assert!(
