@@ -5,35 +5,11 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rung::SearcherConfig;
+use rung::Space;
 use rung::tune_core::trial::Mode;
 use rung::tune_search::AskTell;
+use rung::tune_search::tpe::ten_parameter_space;
 use rung::workloads::Synthetic;
-use rung::{Domain, Space};
-
-fn ten_parameters() -> Space {
-    let mut space = Space::new();
-    for i in 0..4 {
-        space
-            .insert(&format!("u{i}"), Domain::uniform(-5.0, 5.0).unwrap())
-            .unwrap();
-    }
-    for i in 0..2 {
-        space
-            .insert(&format!("l{i}"), Domain::loguniform(1e-5, 1.0).unwrap())
-            .unwrap();
-    }
-    for i in 0..2 {
-        space
-            .insert(&format!("i{i}"), Domain::randint(1, 100).unwrap())
-            .unwrap();
-    }
-    for i in 0..2 {
-        space
-            .insert(&format!("c{i}"), Domain::choice(["a", "b", "c", "d"]).unwrap())
-            .unwrap();
-    }
-    space
-}
 
 /// A searcher that has been told `n` results of a cheap objective.
 fn primed(config: &SearcherConfig, space: &Space, n: usize, objective: impl Fn(&rung::Config) -> f64) -> AskTell {
@@ -46,7 +22,7 @@ fn primed(config: &SearcherConfig, space: &Space, n: usize, objective: impl Fn(&
 }
 
 fn searchers(c: &mut Criterion) {
-    let space = ten_parameters();
+    let space = ten_parameter_space();
     let objective = |config: &rung::Config| -> f64 {
         (0..4)
             .map(|i| config.get(&format!("u{i}")).unwrap().as_f64().unwrap().powi(2))

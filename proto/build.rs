@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Clients are always built; servers only with the crate's `server` feature.
+        .server_mod_attribute("rung.v1", "#[cfg(feature = \"server\")]")
         .compile_with_config(config, &[proto], &["proto"])?;
     Ok(())
 }

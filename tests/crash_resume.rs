@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::{Sandbox, stderr, stdout};
 use rung::tune_core::controller::{Event, Outcome};
 use rung::tune_core::trial::{TrialId, TrialStatus};
+use rung::tune_runtime::store::Store;
 
 const TRIALS: u64 = 8;
 const STEPS: u64 = 15;
@@ -22,23 +23,32 @@ struct Snapshot {
     ended: BTreeMap<TrialId, u32>,
     /// Trials that were running, with their newest checkpoint step.
     running_with_checkpoint: BTreeMap<TrialId, u64>,
+    /// Trials not ended yet (pending, running or paused).
+    unfinished: usize,
 }
 
 fn snapshot(sandbox: &Sandbox) -> Snapshot {
-    let (store, info) = sandbox.store("rung.db");
+    try_snapshot(sandbox).expect("a store with an experiment")
+}
+
+/// The store's state now; `None` while the sweep has not created its store or experiment yet.
+/// Reading while the sweep writes is safe: the store is in WAL mode.
+fn try_snapshot(sandbox: &Sandbox) -> Option<Snapshot> {
+    let store = Store::open(&sandbox.path("rung.db")).ok()?;
+    let info = store.experiment(None).ok()?;
     let reports = store
         .reports(info.id, None)
-        .unwrap()
+        .ok()?
         .into_iter()
         .map(|(trial, report)| ((trial, report.step), report.metrics["loss"]))
         .collect();
-    let trials = store.trials(info.id).unwrap();
+    let trials = store.trials(info.id).ok()?;
     let ended = trials
         .iter()
         .filter(|t| t.status.is_final())
         .map(|t| (t.id, t.launches))
         .collect();
-    let checkpoints = store.checkpoints(info.id).unwrap();
+    let checkpoints = store.checkpoints(info.id).ok()?;
     let running_with_checkpoint = trials
         .iter()
         .filter(|t| t.status == TrialStatus::Running)
@@ -51,10 +61,26 @@ fn snapshot(sandbox: &Sandbox) -> Snapshot {
                 .map(|step| (t.id, step))
         })
         .collect();
-    Snapshot {
+    Some(Snapshot {
         reports,
         ended,
         running_with_checkpoint,
+        unfinished: trials.iter().filter(|t| !t.status.is_final()).count(),
+    })
+}
+
+/// Waits, up to a minute, until the store of the running sweep shows what `ready` looks for:
+/// kills and interrupts land on an event, not after a guessed sleep. Fails if the sweep ends
+/// first.
+fn wait_for_store(sandbox: &Sandbox, child: &mut Child, what: &str, ready: impl Fn(&Snapshot) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if try_snapshot(sandbox).is_some_and(|snapshot| ready(&snapshot)) {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the sweep ended before {what}");
+        assert!(Instant::now() < deadline, "no {what} within a minute");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -101,20 +127,23 @@ fn a_sweep_killed_with_sigkill_resumes_exactly() {
     .replace("\"trials/learning_curve.py\"", &format!("\"{script}\""));
     sandbox.write("spec.toml", &spec);
 
-    let mut snapshots = Vec::new();
-    let kills = [
-        Duration::from_millis(900),
-        Duration::from_millis(700),
-        Duration::from_millis(1000),
-    ];
-    for (round, after) in kills.iter().enumerate() {
+    let mut snapshots: Vec<Snapshot> = Vec::new();
+    // Each kill waits for a trial that runs with a committed checkpoint and has at least six
+    // steps (0.3 s) still to go, after more trials have ended than at the kill before.
+    let kills = [0, 2, 4];
+    for (round, ended_before_kill) in kills.iter().enumerate() {
         let args: &[&str] = if round == 0 {
             &["run", "spec.toml", "-q"]
         } else {
             &["resume", "--db", "rung.db", "-q"]
         };
+        let reports_before = snapshots.last().map_or(0, |s| s.reports.len());
         let mut child = spawn(&sandbox, args);
-        std::thread::sleep(*after);
+        wait_for_store(&sandbox, &mut child, "checkpointed trial mid-run", |s| {
+            s.ended.len() >= *ended_before_kill
+                && s.reports.len() > reports_before
+                && s.running_with_checkpoint.values().any(|&step| step + 6 <= STEPS)
+        });
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         // Trial processes die with their controller.
@@ -127,7 +156,13 @@ fn a_sweep_killed_with_sigkill_resumes_exactly() {
             Vec::<String>::new(),
             "orphaned trials after kill {round}"
         );
-        snapshots.push(snapshot(&sandbox));
+        let landed = snapshot(&sandbox);
+        assert!(landed.unfinished > 0, "kill {round} landed after the sweep's end");
+        assert!(
+            !landed.running_with_checkpoint.is_empty(),
+            "kill {round} landed while no checkpointed trial ran"
+        );
+        snapshots.push(landed);
     }
 
     let last = sandbox.rung(&["resume", "--db", "rung.db", "-q"]);
@@ -225,14 +260,17 @@ fn ctrl_c_stops_the_sweep_for_now_and_resume_finishes_it() {
             "",
         ),
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_rung"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rung"))
         .args(["run", "spec.toml", "-q"])
         .current_dir(sandbox.dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // Interrupt while a trial runs with a checkpoint and has at least six steps to go.
+    wait_for_store(&sandbox, &mut child, "checkpointed trial mid-run", |s| {
+        s.running_with_checkpoint.values().any(|&step| step + 6 <= 12)
+    });
     let sent = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -280,10 +318,14 @@ fn a_pausing_scheduler_survives_sigkill_and_resumes() {
     ) + "\n[scheduler]\nkind = \"asha\"\ntype = \"promote\"\nmax_t = 9\ngrace_period = 1\nreduction_factor = 3\n";
     sandbox.write("spec.toml", &spec);
     let mut child = spawn(&sandbox, &["run", "spec.toml", "-q"]);
-    std::thread::sleep(Duration::from_millis(1200));
+    // Kill once the first rung has results from several trials and most are still to run.
+    wait_for_store(&sandbox, &mut child, "results at the first rung", |s| {
+        s.reports.keys().map(|(trial, _)| trial).collect::<BTreeSet<_>>().len() >= 3 && s.unfinished >= 5
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     let before = snapshot(&sandbox);
+    assert!(before.unfinished > 0, "the kill landed after the sweep's end");
 
     let resumed = sandbox.rung(&["resume", "--db", "rung.db", "-q"]);
     assert!(resumed.status.success(), "{}{}", stdout(&resumed), stderr(&resumed));

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{Sandbox, stdout};
 use rung::Spec;
+use rung::tune_core::controller::{Command, Record};
 use rung::tune_runtime::store::Store;
 use rung::tuner::controller_for;
 
@@ -155,19 +156,38 @@ fn early_stopping_saves_most_of_the_work_and_pbt_exploits() {
     );
     assert!(asha.summary.progress.stopped > 50);
     assert!(asha.virtual_time * 2 < fifo.virtual_time);
-    let pbt = run("kind = \"pbt\"\nperturbation_interval = 9", 16);
-    let store =
-        Store::open(&sandbox.path(&format!("{}.db", digest(&"kind = \"pbt\"\nperturbation_interval = 9")))).unwrap();
-    let info = store.experiment(None).unwrap();
-    let exploited = store
-        .events(info.id)
-        .unwrap()
-        .iter()
-        .filter(|e| matches!(e.event, rung::tune_core::controller::Event::Exited { .. }))
-        .count();
+    // PBT: count what the controller commands, not process exits. An exploit gives a paused
+    // trial a new config (a `TrialConfig` record) and relaunches it from the donor's checkpoint.
+    let pbt_spec = Spec::from_toml_str(&spec("kind = \"pbt\"\nperturbation_interval = 9", 16)).unwrap();
+    let mut explored = std::collections::BTreeSet::new();
+    let mut restored_from_a_donor = 0;
+    let pbt = rung::simulate::simulate(&pbt_spec, &sandbox.path("pbt.db"), 8, |_, commands| {
+        for command in commands {
+            match command {
+                Command::Persist(Record::TrialConfig { trial, .. }) => {
+                    explored.insert(*trial);
+                }
+                Command::Launch(launch) if explored.contains(&launch.trial) => {
+                    let restore = launch
+                        .restore
+                        .as_ref()
+                        .expect("an exploited trial restores a checkpoint");
+                    let own = format!("/{}/", launch.trial);
+                    if !restore.path.contains(&own) {
+                        restored_from_a_donor += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert!(explored.len() >= 2, "PBT exploited {} trials", explored.len());
     assert!(
-        exploited > 16,
-        "PBT relaunched exploited trials: {exploited} exits for 16 trials"
+        restored_from_a_donor >= explored.len(),
+        "every exploited trial restarts from another trial's checkpoint: {restored_from_a_donor} of {}",
+        explored.len()
     );
     assert_eq!(pbt.summary.progress.created, 16);
 }

@@ -2,7 +2,7 @@
 //!
 //! The services of package `rung.v1` (see `proto/rung/v1/rung.proto`): `Trials` for trial
 //! processes and external workers, `Agents` for worker agents, `Experiments` for the CLI. This
-//! crate holds only the generated code and a few conversions; the server lives in `rung`, the
+//! crate holds only the generated code and a few conversions; the server lives in `tune-server`, the
 //! agent in `tune-worker-agent`.
 
 #![allow(missing_docs)] // generated code

@@ -30,7 +30,7 @@ pub fn parse_trial_id(text: &str) -> PyResult<TrialId> {
 pub fn results_dict<'py>(py: Python<'py>, store_path: &Path, experiment: Option<&str>) -> PyResult<Bound<'py, PyDict>> {
     let store = Store::open(store_path).map_err(core_to_py_err)?;
     let info = store.experiment(experiment).map_err(core_to_py_err)?;
-    let spec: Spec = serde_json::from_str(&info.spec).map_err(|e| core_to_py_err(e))?;
+    let spec: Spec = serde_json::from_str(&info.spec).map_err(core_to_py_err)?;
     let trials = store.trials(info.id).map_err(core_to_py_err)?;
     let mut checkpoints: BTreeMap<TrialId, Vec<(u64, String, Option<f64>)>> = BTreeMap::new();
     for checkpoint in store.checkpoints(info.id).map_err(core_to_py_err)? {

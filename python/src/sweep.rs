@@ -16,7 +16,8 @@ use tune_core::trial::{Decision, Report, TrialId};
 use tune_core::value::Config;
 use tune_runtime::driver::{DriverHandle, Runner, TrialLink};
 use tune_runtime::files::TrialFiles;
-use tune_runtime::storage::{self, CheckpointStorage};
+use tune_runtime::runner::prepare_in_process;
+use tune_runtime::storage::CheckpointStorage;
 use tune_sweep::{Spec, SweepResult, Tuner};
 
 use crate::convert::map_to_py;
@@ -73,20 +74,11 @@ impl Runner for PythonRunner {
         let runtime = tokio::runtime::Handle::current();
         let (storage, experiment) = (self.storage.clone(), self.experiment.clone());
         tokio::spawn(async move {
-            if let Err(error) = files.prepare() {
-                link.exited(Outcome::Failed {
-                    reason: format!("cannot prepare {}: {error}", files.dir.display()),
-                });
-                return;
-            }
             let trial = launch.trial;
             let note = move |line: String| eprintln!("rung: trial {trial}: {line}");
-            let restore = match storage::restore_folder(launch.restore.as_ref(), &files, &note).await {
+            let restore = match prepare_in_process(&launch, &files, &note).await {
                 Ok(restore) => restore,
-                Err(reason) => {
-                    link.exited(Outcome::Failed { reason });
-                    return;
-                }
+                Err(error) => return link.fail(error),
             };
             let (done, mut finished) = tokio::sync::oneshot::channel();
             let shared = Arc::new(TrialShared {

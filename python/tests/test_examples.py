@@ -7,17 +7,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbclient
+import nbformat
 import pytest
+import sklearn  # noqa: F401  (digits_mlp.py needs it: missing, this module fails to load, nothing skips)
 
 import rung
 from conftest import REPO, child_env
 
 EXAMPLES = REPO / "examples" / "python"
+# Each runs a whole example (seconds to a minute on two cores); a subprocess or notebook cell
+# running past its own limit fails first, with its output.
+pytestmark = pytest.mark.timeout(300)
 
 
 def run(args: "list[str]", cwd: Path) -> str:
     done = subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, *args], cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=240, check=False
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -34,7 +40,6 @@ def test_quickstart(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("executor", ["thread", "process"])
 def test_digits_mlp(tmp_path: Path, executor: str) -> None:
-    pytest.importorskip("sklearn")
     storage = tmp_path / "digits"
     args = ["--num-samples", "4", "--max-epochs", "6", "--concurrency", "2", "--executor", executor]
     run([str(EXAMPLES / "digits_mlp.py"), *args, "--storage", str(storage)], tmp_path)
@@ -46,8 +51,6 @@ def test_digits_mlp(tmp_path: Path, executor: str) -> None:
 
 
 def test_quickstart_notebook(tmp_path: Path) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     # The notebook imports ../python/learning_curve.py and stores its sweep beside itself:
     # run a copy, in the same layout, under tmp_path.
     (tmp_path / "notebooks").mkdir()
@@ -55,7 +58,7 @@ def test_quickstart_notebook(tmp_path: Path) -> None:
     shutil.copy(EXAMPLES / "learning_curve.py", tmp_path / "python")
     notebook = nbformat.read(REPO / "examples" / "notebooks" / "quickstart.ipynb", as_version=4)
     client = nbclient.NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path / "notebooks")}}
+        notebook, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path / "notebooks")}}
     )
     client.execute()
     outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.get("outputs", [])]

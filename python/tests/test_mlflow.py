@@ -1,12 +1,12 @@
 """MLflow tracking (`[tracking]` in a spec) against a real `mlflow server` with its SQLite backend.
 
 The server is started once for the module (it takes ~10 s to come up). Each test runs the `rung`
-binary that `cargo build` / `cargo test` left in target/debug, and reads back through MLflow's REST
-API what it logged.
+binary that RUNG_BIN names, and reads back through MLflow's REST API what it logged.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import signal
@@ -23,10 +23,12 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from conftest import REPO
+from conftest import rung_binary
 
-RUNG = REPO / "target" / "debug" / "rung"
 MLFLOW = Path(sys.executable).parent / "mlflow"
+# The first test waits for the server to start: up to three tries of MLFLOW_START_S each.
+pytestmark = pytest.mark.timeout(360)
+MLFLOW_START_S = 90
 # MLflow's telemetry would try to reach the network.
 QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
@@ -68,15 +70,11 @@ stop_grace_s = 2
 
 
 def free_port() -> int:
+    """A port that was free a moment ago: `mlflow server` takes a port, not a listener, so another
+    process may take it first; the fixture then sees its server exit and tries another."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def rung_binary() -> Path:
-    if not RUNG.exists():
-        pytest.fail(f"{RUNG} is missing: build it first (cargo build -p rung)")
-    return RUNG
 
 
 def write_sweep(folder: Path, name: str, tracking: str) -> Path:
@@ -132,59 +130,93 @@ class MlflowApi:
         return sorted((int(metric.get("step", 0)), float(metric["value"])) for metric in metrics)
 
 
+class MlflowServer:
+    """`mlflow server` on `port` of 127.0.0.1, SQLite backend, in its own process group."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root, self.url = root, f"http://127.0.0.1:{port}"
+        self.log_path = root / f"server-{port}.log"
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [
+                str(MLFLOW),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{root / 'mlflow.db'}",
+                "--default-artifact-root",
+                str(root / "artifacts"),
+                "--artifacts-destination",
+                str(root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **QUIET_ENV},
+            start_new_session=True,
+        )
+
+    def answers(self) -> bool:
+        """Whether it answers /health, and /version with the MLflow installed here (not some other
+        server that took the port)."""
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2) as answer:
+                if answer.status != 200:
+                    return False
+            with urllib.request.urlopen(self.url + "/version", timeout=2) as answer:
+                version = answer.read().decode().strip()
+        except (urllib.error.URLError, OSError):
+            return False
+        expected = importlib.metadata.version("mlflow")
+        assert version == expected, f"{self.url} answers as MLflow {version!r}, not the {expected} started"
+        return True
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
 @pytest.fixture(scope="module")
 def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not MLFLOW.exists():
-        pytest.fail(f"{MLFLOW} is missing: pip install -r python/requirements-test.txt")
+        pytest.fail(f"{MLFLOW} is missing: install python/requirements-test.lock (scripts/python-env.sh)")
     root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    server = subprocess.Popen(
-        [
-            str(MLFLOW),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--default-artifact-root",
-            str(root / "artifacts"),
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **QUIET_ENV},
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    deadline_s = MLFLOW_START_S
+    server = None
     try:
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"mlflow server exited with {server.returncode}:\n{(root / 'server.log').read_text()}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer /health in 90 s:\n{(root / 'server.log').read_text()}")
-            time.sleep(0.2)
-        yield url
+        for attempt in range(3):
+            server = MlflowServer(root, free_port())
+            deadline = time.monotonic() + deadline_s
+            while server.process.poll() is None and not server.answers():
+                if time.monotonic() > deadline:
+                    pytest.fail(f"mlflow server did not answer /health in {deadline_s} s:\n{server.output()}")
+                time.sleep(0.2)
+            if server.process.poll() is None:
+                break
+            output = server.output()
+            server.stop()
+            # Only a port taken between free_port() and the server's bind is worth another try.
+            if "address already in use" not in output.lower() or attempt == 2:
+                pytest.fail(f"mlflow server exited with {server.process.returncode}:\n{output}")
+        assert server is not None
+        yield server.url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+        if server is not None:
+            server.stop()
 
 
 def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -263,19 +295,20 @@ def test_a_sweep_is_mirrored_into_mlflow(mlflow_url: str, tmp_path: Path) -> Non
 
 
 def test_an_unreachable_mlflow_neither_stops_nor_breaks_a_sweep(tmp_path: Path) -> None:
-    uri = f"http://127.0.0.1:{free_port()}"
-    spec = write_sweep(tmp_path, "offline", f'mlflow_uri = "{uri}"\nflush_timeout_s = 1')
-    db = tmp_path / "rung.db"
-    started = time.monotonic()
-    done = rung("run", str(spec), "--db", str(db), "-q")
-    elapsed = time.monotonic() - started
+    # A port bound and never listened on, held for the whole test: connections are refused, and
+    # no other process can take it meanwhile.
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+        spec = write_sweep(tmp_path, "offline", f'mlflow_uri = "{uri}"\nflush_timeout_s = 1')
+        db = tmp_path / "rung.db"
+        done = rung("run", str(spec), "--db", str(db), "-q")
     assert done.returncode == 0, done.stderr
     assert f"MLflow at {uri} is unreachable" in done.stderr, done.stderr
     assert "were not sent" in done.stderr and "rung's store has them all" in done.stderr, done.stderr
     # The sweep ran in full: every trial ended and reported.
     exported = json.loads(rung("export", "--db", str(db), "--format", "json").stdout)
     assert len(exported) == 6 and all(row["status"] in ("stopped", "completed") for row in exported)
-    print(f"sweep with an unreachable MLflow: {elapsed:.1f}s including the 1 s flush timeout")
 
 
 def test_a_bad_mlflow_uri_is_refused_when_the_spec_is_read(tmp_path: Path) -> None:

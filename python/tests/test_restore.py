@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import rung
 import trainables
 from conftest import child_env
@@ -76,6 +78,7 @@ def check_resumed(storage: str, log: str, interrupted: rung.ResultGrid) -> None:
         assert result.metrics["step"] == 12
 
 
+@pytest.mark.timeout(180)
 def test_restore_after_the_process_was_killed(tmp_path: Path) -> None:
     child, storage, log = start_sweep(tmp_path)
     wait_for_completed(storage, child, 3)
@@ -88,6 +91,7 @@ def test_restore_after_the_process_was_killed(tmp_path: Path) -> None:
     assert not rung.Tuner.can_restore(storage)
 
 
+@pytest.mark.timeout(180)
 def test_ctrl_c_stops_cleanly_and_leaves_a_resumable_store(tmp_path: Path) -> None:
     child, storage, log = start_sweep(tmp_path)
     wait_for_completed(storage, child, 2)

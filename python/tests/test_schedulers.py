@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+from typing import Dict, List
+
 import pytest
 
 import rung
@@ -67,18 +72,67 @@ def test_hyperband_pauses_and_resumes_from_checkpoints(storage: str) -> None:
         assert history == list(range(1, history[-1] + 1))
 
 
-def test_pbt_moves_configs_to_better_trials(storage: str) -> None:
+def test_pbt_moves_configs_to_better_trials(storage: str, tmp_path: Path) -> None:
+    log = tmp_path / "launches.jsonl"
     results = sweep(
         storage,
-        rung.schedulers.PBT(perturbation_interval=3, quantile_fraction=0.25, resample_probability=0.5),
-        trainable=trainables.checkpointing,
-        space={"x": rung.uniform(1, 10)},
+        # No resampling: every explored x is the donor's times 0.8 or 1.2, which can be checked.
+        rung.schedulers.PBT(perturbation_interval=3, quantile_fraction=0.25, resample_probability=0.0),
+        trainable=trainables.pbt_member,
+        space={"x": rung.uniform(1, 10), "log": str(log)},
         num_samples=8,
         max_concurrent_trials=8,
     )
     exploited = [r for r in results if r.launches > 1]
     assert exploited, "PBT should exploit: relaunch bottom trials from top trials' checkpoints"
     assert results.counts().get("errored", 0) == 0
+    assert results.counts() == {"completed": 8}
+
+    launches: Dict[str, List[dict]] = {}
+    for line in log.read_text().splitlines():
+        launch = json.loads(line)
+        launches.setdefault(launch["trial"], []).append(launch)
+    # The engine's launch counts are the launches the trainable saw.
+    assert {r.trial_id: r.launches for r in results} == {t: len(runs) for t, runs in launches.items()}
+    highest_x = math.nextafter(10.0, 0.0)  # uniform(1, 10) is clamped below its exclusive high
+    explored_reports = 0
+    for result in results:
+        runs = launches[result.trial_id]
+        assert runs[0]["restored"] is None and runs[0]["origin"] is None
+        for launch in runs[1:]:
+            # Exploitation: restarted from another trial's checkpoint, the donor's, as it wrote it...
+            origin = launch["origin"]
+            donor = origin["trial"]
+            assert donor != result.trial_id, launch
+            restored = Path(launch["restored"])
+            assert restored.name == f"step_{origin['step']:08d}" and Path(results[donor].path) in restored.parents
+            donor_xs = {run["x"] for run in launches[donor]}
+            assert origin["x"] in donor_xs, (launch, donor_xs)
+            # ...with the donor's config perturbed (explore).
+            perturbed = {min(max(x * factor, 1.0), highest_x) for x in donor_xs for factor in (0.8, 1.2)}
+            assert launch["x"] in perturbed, (launch, donor_xs)
+        # The store has the config the trial ran with last...
+        assert result.config == {"x": runs[-1]["x"], "log": str(log)}
+        # ...and every report is explained by its launches in order: under the first config from
+        # step 1 on, under an explored one from the step after the donor's checkpoint (a step
+        # already reported stays as it was).
+        history = result.history()
+        assert result.metrics["step"] == history[-1]["step"]
+        # Each launch counts to 12, unless it restored a checkpoint of step 12 (a finished donor's).
+        assert history[-1]["step"] == 12 or runs[-1]["origin"]["step"] == 12, (history, runs)
+        index, previous = 0, 0
+        for h in history:
+            made_by = [
+                i
+                for i in range(index, len(runs))
+                if h["loss"] == runs[i]["x"] / h["step"]
+                and h["step"] == (previous if i == index else max(previous, runs[i]["origin"]["step"])) + 1
+            ]
+            assert made_by, (result.trial_id, h, history, runs)
+            index, previous = made_by[0], h["step"]
+            explored_reports += index > 0
+    # The exploits that happened before a trial's last step left reports under explored configs.
+    assert explored_reports > 0, launches
 
 
 def test_standalone_asha_gives_ray_tunes_decisions() -> None:

@@ -6,11 +6,12 @@ import os
 import subprocess
 import sys
 
+import pandas
 import pytest
 
 import rung
 import trainables
-from conftest import REPO, child_env
+from conftest import REPO, child_env, rung_binary
 
 SPACE = {"lr": rung.loguniform(1e-5, 1e-1), "layers": rung.randint(1, 4)}
 
@@ -37,7 +38,6 @@ def test_fit_returns_every_trial_with_its_results(storage: str) -> None:
 
 
 def test_dataframe_columns(storage: str) -> None:
-    pandas = pytest.importorskip("pandas")
     results = rung.Tuner(
         trainables.curve, param_space=SPACE, metric="loss", num_samples=4, seed=1, storage_path=storage, verbose=0
     ).fit()
@@ -264,9 +264,7 @@ def test_report_under_the_cli_prints_protocol_lines(tmp_path) -> None:
 
 
 def test_a_script_using_rung_report_runs_under_the_rung_cli(tmp_path) -> None:
-    binary = REPO / "target" / "debug" / "rung"
-    if not binary.exists():
-        pytest.skip("the rung binary is built by `cargo build` (the test script builds it first)")
+    binary = rung_binary()
     script = tmp_path / "trial.py"
     script.write_text(
         "import os, sys, rung\n"

@@ -56,3 +56,23 @@ def pid_reporter(config: dict) -> None:
     """Reports its process id (executor="process" runs it elsewhere)."""
     for _ in range(3):
         rung.report({"loss": config["x"], "pid": os.getpid()})
+
+
+def pbt_member(config: dict) -> None:
+    """`checkpointing` for PBT: each checkpoint says which trial wrote it with which x, and each
+    launch appends a JSON line to config["log"]: the trial, its x, the checkpoint it was given and
+    what that holds."""
+    start, origin = 0, None
+    restored = rung.get_checkpoint()
+    if restored:
+        with open(os.path.join(restored, "state.json")) as f:
+            origin = json.load(f)
+        start = origin["step"]
+    launch = {"trial": rung.get_trial_id(), "x": config["x"], "restored": restored, "origin": origin}
+    with open(config["log"], "a") as f:
+        f.write(json.dumps(launch) + "\n")
+    for step in range(start + 1, 13):
+        folder = rung.checkpoint_dir()
+        with open(os.path.join(folder, "state.json"), "w") as f:
+            json.dump({"step": step, "trial": rung.get_trial_id(), "x": config["x"]}, f)
+        rung.report({"step": step, "loss": config["x"] / step}, checkpoint=folder)

@@ -112,6 +112,13 @@ impl TrialLink {
         }
     }
 
+    /// Reports that the launch failed before its trial ran, for `reason`.
+    pub fn fail(self, reason: impl std::fmt::Display) {
+        self.exited(Outcome::Failed {
+            reason: reason.to_string(),
+        });
+    }
+
     /// Tells the driver the trial's run ended. Call exactly once per launch.
     pub fn exited(self, outcome: Outcome) {
         let _ = self.driver.send(Inbound::Event(

@@ -257,7 +257,9 @@ async fn run_process_inner<S: TrialSink>(config: &ProcessConfig, launch: &Launch
             }
             Err(reason) => {
                 log_line(&mut log, &format!("== rung: {reason}")).await;
-                return Outcome::Failed { reason };
+                return Outcome::Failed {
+                    reason: reason.to_string(),
+                };
             }
         }
     }
@@ -520,6 +522,38 @@ impl TrialContext {
     }
 }
 
+/// Why an in-process launch could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The trial's folders could not be made.
+    #[error("cannot prepare {}: {source}", dir.display())]
+    Prepare {
+        /// The trial's folder.
+        dir: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The checkpoint it restores from could not be made available here.
+    #[error(transparent)]
+    Restore(#[from] storage::TransferError),
+}
+
+/// The first steps of every in-process launch (Rust closures here, Python callables in
+/// tune-py): the trial's folders are made, and the checkpoint it restores from, if any, is made
+/// available on this machine (downloaded from object storage when it lives there). Returns the
+/// restored step and folder.
+pub async fn prepare_in_process(
+    launch: &Launch,
+    files: &TrialFiles,
+    note: &(dyn Fn(String) + Send + Sync),
+) -> std::result::Result<Option<(u64, PathBuf)>, LaunchError> {
+    files.prepare().map_err(|source| LaunchError::Prepare {
+        dir: files.dir.clone(),
+        source,
+    })?;
+    Ok(storage::restore_folder(launch.restore.as_ref(), files, note).await?)
+}
+
 /// Runs each trial as an async Rust closure on the runtime, up to `max_concurrent` at once.
 pub struct InProcessRunner<F> {
     trainable: Arc<F>,
@@ -561,20 +595,11 @@ where
         let grace = self.stop_grace;
         let (storage, experiment) = (self.storage.clone(), self.experiment.clone());
         tokio::spawn(async move {
-            if let Err(error) = files.prepare() {
-                link.exited(Outcome::Failed {
-                    reason: format!("cannot prepare {}: {error}", files.dir.display()),
-                });
-                return;
-            }
             let trial = launch.trial;
             let note = move |line: String| tracing::warn!(%trial, "{line}");
-            let restore = match storage::restore_folder(launch.restore.as_ref(), &files, &note).await {
+            let restore = match prepare_in_process(&launch, &files, &note).await {
                 Ok(restore) => restore,
-                Err(reason) => {
-                    link.exited(Outcome::Failed { reason });
-                    return;
-                }
+                Err(error) => return link.fail(error),
             };
             let context = TrialContext {
                 link: link.reporter(),

@@ -120,6 +120,76 @@ pub struct StorageError {
     pub reason: String,
 }
 
+/// Why moving a checkpoint to or from storage (or deleting it) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The location is not a usable storage URI.
+    #[error(transparent)]
+    Setting(#[from] StorageError),
+    /// A local file or folder could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The object store failed; the text carries its innermost cause (connection refused, ...).
+    #[error("{0}")]
+    Store(String),
+    /// The prefix holds no completion marker: the checkpoint was deleted or never completed.
+    #[error("{key} {INCOMPLETE}")]
+    Incomplete {
+        /// The prefix.
+        key: String,
+    },
+    /// A file name that cannot be part of an object key.
+    #[error("{} is not a UTF-8 file name", .0.display())]
+    NotUtf8(PathBuf),
+    /// A listed object lies outside the prefix that was listed.
+    #[error("{location} is not under {key}")]
+    OutsidePrefix {
+        /// The object.
+        location: String,
+        /// The prefix.
+        key: String,
+    },
+    /// A blocking task died.
+    #[error("checkpoint task failed: {0}")]
+    Task(String),
+    /// Every attempt failed; the last failure says why.
+    #[error("could not {action} after {attempts} attempts: {last}")]
+    GaveUp {
+        /// What was tried, e.g. `upload the checkpoint of step 3 to s3://...`.
+        action: String,
+        /// How many times.
+        attempts: u32,
+        /// The last attempt's failure.
+        last: Box<TransferError>,
+    },
+    /// The checkpoint cannot be restored, and retrying would not help.
+    #[error("cannot restore the checkpoint {location}: {error}")]
+    Unrestorable {
+        /// The checkpoint's location.
+        location: String,
+        /// Why.
+        error: Box<TransferError>,
+    },
+}
+
+impl TransferError {
+    fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        TransferError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    fn store(error: object_store::Error) -> Self {
+        TransferError::Store(describe(&error))
+    }
+}
+
 fn bad(uri: &str, why: impl std::fmt::Display) -> StorageError {
     StorageError {
         uri: uri.to_owned(),
@@ -319,12 +389,12 @@ impl CheckpointStorage {
         trial: TrialId,
         step: u64,
         note: &(dyn Fn(String) + Send + Sync),
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, TransferError> {
         let committer = files.clone();
         let local = tokio::task::spawn_blocking(move || committer.commit_checkpoint(step))
             .await
-            .map_err(|e| format!("checkpoint task failed: {e}"))?
-            .map_err(|e| format!("could not keep the checkpoint: {e}"))?;
+            .map_err(|e| TransferError::Task(e.to_string()))?
+            .map_err(|e| TransferError::io("could not keep the checkpoint", e))?;
         let Some(local) = local else { return Ok(None) };
         let CheckpointStorage::Remote(remote) = self else {
             return Ok(Some(local.display().to_string()));
@@ -343,9 +413,11 @@ impl CheckpointStorage {
                 Err(error) => {
                     failures += 1;
                     if failures >= remote.retry.attempts {
-                        return Err(format!(
-                            "could not upload the checkpoint of step {step} to {url} after {failures} attempts: {error}"
-                        ));
+                        return Err(TransferError::GaveUp {
+                            action: format!("upload the checkpoint of step {step} to {url}"),
+                            attempts: failures,
+                            last: Box::new(error),
+                        });
                     }
                     let wait = remote.retry.backoff(failures);
                     note(format!(
@@ -374,12 +446,12 @@ pub async fn fetch(
     location: &str,
     files: &TrialFiles,
     note: &(dyn Fn(String) + Send + Sync),
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, TransferError> {
     if !is_remote(location) {
         return Ok(PathBuf::from(location));
     }
-    let parsed = parse_uri(location).map_err(|e| e.to_string())?;
-    let store = store_for(location, &parsed.root).map_err(|e| e.to_string())?;
+    let parsed = parse_uri(location)?;
+    let store = store_for(location, &parsed.root)?;
     let target = files.dir.join("restore");
     let retry = Retry::from_env();
     let mut failures = 0;
@@ -387,15 +459,20 @@ pub async fn fetch(
         match download(&*store, &parsed.key, &target).await {
             Ok(()) => return Ok(target),
             // Not there (deleted, or never completed): waiting will not bring it.
-            Err(error) if error.ends_with(INCOMPLETE) => {
-                return Err(format!("cannot restore the checkpoint {location}: {error}"));
+            Err(error @ TransferError::Incomplete { .. }) => {
+                return Err(TransferError::Unrestorable {
+                    location: location.to_owned(),
+                    error: Box::new(error),
+                });
             }
             Err(error) => {
                 failures += 1;
                 if failures >= retry.attempts {
-                    return Err(format!(
-                        "could not download the checkpoint {location} after {failures} attempts: {error}"
-                    ));
+                    return Err(TransferError::GaveUp {
+                        action: format!("download the checkpoint {location}"),
+                        attempts: failures,
+                        last: Box::new(error),
+                    });
                 }
                 let wait = retry.backoff(failures);
                 note(format!(
@@ -415,7 +492,7 @@ pub async fn restore_folder(
     restore: Option<&CheckpointRef>,
     files: &TrialFiles,
     note: &(dyn Fn(String) + Send + Sync),
-) -> Result<Option<(u64, PathBuf)>, String> {
+) -> Result<Option<(u64, PathBuf)>, TransferError> {
     match restore {
         None => Ok(None),
         Some(checkpoint) => Ok(Some((checkpoint.step, fetch(&checkpoint.path, files, note).await?))),
@@ -423,15 +500,17 @@ pub async fn restore_folder(
 }
 
 /// Deletes the checkpoint at `location`: a folder, or every object under a URI's prefix.
-pub async fn delete(location: &str) -> Result<(), String> {
+pub async fn delete(location: &str) -> Result<(), TransferError> {
     if !is_remote(location) {
         return match tokio::fs::remove_dir_all(location).await {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.to_string()),
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(TransferError::io(format!("deleting {location}"), error))
+            }
             _ => Ok(()),
         };
     }
-    let parsed = parse_uri(location).map_err(|e| e.to_string())?;
-    let store = store_for(location, &parsed.root).map_err(|e| e.to_string())?;
+    let parsed = parse_uri(location)?;
+    let store = store_for(location, &parsed.root)?;
     let keys: Vec<ObjectPath> = store
         .list(Some(&parsed.key))
         .map(|meta| meta.map(|meta| meta.location))
@@ -439,7 +518,7 @@ pub async fn delete(location: &str) -> Result<(), String> {
         .await
         .into_iter()
         .collect::<Result<_, _>>()
-        .map_err(|e| describe(&e))?;
+        .map_err(TransferError::store)?;
     // The marker goes first: a half-deleted checkpoint is never taken for a whole one.
     let (marker, rest): (Vec<_>, Vec<_>) = keys
         .into_iter()
@@ -447,7 +526,7 @@ pub async fn delete(location: &str) -> Result<(), String> {
     for key in marker.into_iter().chain(rest) {
         match store.delete(&key).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(error) => return Err(describe(&error)),
+            Err(error) => return Err(TransferError::store(error)),
         }
     }
     Ok(())
@@ -472,19 +551,19 @@ fn walk(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-fn object_key(base: &ObjectPath, relative: &Path) -> Result<ObjectPath, String> {
+fn object_key(base: &ObjectPath, relative: &Path) -> Result<ObjectPath, TransferError> {
     let mut key = base.clone();
     for part in relative.components() {
         let part = part
             .as_os_str()
             .to_str()
-            .ok_or_else(|| format!("{} is not a UTF-8 file name", relative.display()))?;
+            .ok_or_else(|| TransferError::NotUtf8(relative.to_owned()))?;
         key = key.join(part);
     }
     Ok(key)
 }
 
-async fn upload(store: &Arc<dyn ObjectStore>, dir: &Path, key: &ObjectPath) -> Result<(), String> {
+async fn upload(store: &Arc<dyn ObjectStore>, dir: &Path, key: &ObjectPath) -> Result<(), TransferError> {
     // Whatever an earlier, interrupted attempt left under the key goes first.
     let stale: Vec<_> = store.list(Some(key)).collect::<Vec<_>>().await;
     for meta in stale.into_iter().flatten() {
@@ -494,53 +573,53 @@ async fn upload(store: &Arc<dyn ObjectStore>, dir: &Path, key: &ObjectPath) -> R
         let owned = dir.to_owned();
         tokio::task::spawn_blocking(move || walk(&owned))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("reading {}: {e}", dir.display()))?
+            .map_err(|e| TransferError::Task(e.to_string()))?
+            .map_err(|e| TransferError::io(format!("reading {}", dir.display()), e))?
     };
     for relative in walked {
         let target = object_key(key, &relative)?;
         let mut file = tokio::fs::File::open(dir.join(&relative))
             .await
-            .map_err(|e| format!("reading {}: {e}", dir.join(&relative).display()))?;
+            .map_err(|e| TransferError::io(format!("reading {}", dir.join(&relative).display()), e))?;
         let mut writer = BufWriter::new(Arc::clone(store), target.clone());
         if let Err(error) = tokio::io::copy(&mut file, &mut writer).await {
             let _ = writer.abort().await;
-            return Err(format!("uploading {target}: {error}"));
+            return Err(TransferError::io(format!("uploading {target}"), error));
         }
         writer
             .shutdown()
             .await
-            .map_err(|e| format!("uploading {target}: {e}"))?;
+            .map_err(|e| TransferError::io(format!("uploading {target}"), e))?;
     }
     store
         .put(&key.clone().join(COMPLETE_MARKER), bytes::Bytes::new().into())
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(TransferError::store)?;
     Ok(())
 }
 
-async fn download(store: &dyn ObjectStore, key: &ObjectPath, target: &Path) -> Result<(), String> {
+async fn download(store: &dyn ObjectStore, key: &ObjectPath, target: &Path) -> Result<(), TransferError> {
     let listed: Vec<_> = store
         .list(Some(key))
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<Result<_, _>>()
-        .map_err(|e| describe(&e))?;
+        .map_err(TransferError::store)?;
     if !listed
         .iter()
         .any(|meta| meta.location.filename() == Some(COMPLETE_MARKER))
     {
-        return Err(format!("{key} {INCOMPLETE}"));
+        return Err(TransferError::Incomplete { key: key.to_string() });
     }
     if tokio::fs::try_exists(target).await.unwrap_or(false) {
         tokio::fs::remove_dir_all(target)
             .await
-            .map_err(|e| format!("clearing {}: {e}", target.display()))?;
+            .map_err(|e| TransferError::io(format!("clearing {}", target.display()), e))?;
     }
     tokio::fs::create_dir_all(target)
         .await
-        .map_err(|e| format!("creating {}: {e}", target.display()))?;
+        .map_err(|e| TransferError::io(format!("creating {}", target.display()), e))?;
     for meta in listed {
         if meta.location.filename() == Some(COMPLETE_MARKER) {
             continue;
@@ -548,28 +627,35 @@ async fn download(store: &dyn ObjectStore, key: &ObjectPath, target: &Path) -> R
         let relative: PathBuf = meta
             .location
             .prefix_match(key)
-            .ok_or_else(|| format!("{} is not under {key}", meta.location))?
+            .ok_or_else(|| TransferError::OutsidePrefix {
+                location: meta.location.to_string(),
+                key: key.to_string(),
+            })?
             .map(|part| part.as_ref().to_owned())
             .collect();
         let path = target.join(&relative);
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
-                .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+                .map_err(|e| TransferError::io(format!("creating {}", parent.display()), e))?;
         }
-        let mut stream = store.get(&meta.location).await.map_err(|e| describe(&e))?.into_stream();
+        let mut stream = store
+            .get(&meta.location)
+            .await
+            .map_err(TransferError::store)?
+            .into_stream();
         let mut file = tokio::fs::File::create(&path)
             .await
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            .map_err(|e| TransferError::io(format!("writing {}", path.display()), e))?;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| describe(&e))?;
+            let chunk = chunk.map_err(TransferError::store)?;
             file.write_all(&chunk)
                 .await
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                .map_err(|e| TransferError::io(format!("writing {}", path.display()), e))?;
         }
         file.flush()
             .await
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            .map_err(|e| TransferError::io(format!("writing {}", path.display()), e))?;
     }
     Ok(())
 }
@@ -668,7 +754,9 @@ mod tests {
         assert!(!bucket.join("sweeps/exp/t3/7/weights/layer0.bin").exists());
         let error = fetch(&location, &other, &note).await.unwrap_err();
         assert!(
-            error.ends_with("sweeps/exp/t3/7 holds no complete checkpoint"),
+            error
+                .to_string()
+                .ends_with("sweeps/exp/t3/7 holds no complete checkpoint"),
             "{error}"
         );
     }
@@ -686,7 +774,7 @@ mod tests {
         let error = download(&*store, &parsed.key, &files.dir.join("restore"))
             .await
             .unwrap_err();
-        assert!(error.ends_with("holds no complete checkpoint"), "{error}");
+        assert!(error.to_string().ends_with("holds no complete checkpoint"), "{error}");
     }
 
     #[tokio::test]

@@ -434,8 +434,9 @@ fn rung_reached(rungs: &[Rung], recorded: &[Option<f64>], time: f64) -> Option<u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Checkpoints, decide, metric};
     use proptest::prelude::*;
-    use tune_core::trial::Report;
+    use tune_core::trial::Metrics;
 
     fn settings(kind: AshaType, grace_period: f64, reduction_factor: f64, max_t: f64, brackets: u32) -> AshaConfig {
         AshaConfig {
@@ -450,17 +451,7 @@ mod tests {
     }
 
     fn report(asha: &mut Asha, trial: u64, step: u64, value: f64) -> Decision {
-        let report = Report {
-            step,
-            metrics: Default::default(),
-        };
-        let result = TrialReport {
-            report: &report,
-            value,
-            checkpointed: true,
-            has_checkpoint: true,
-        };
-        asha.on_result(TrialId(trial), &result)
+        decide(asha, trial, step, Metrics::new(), value, Checkpoints::EVERY_REPORT)
     }
 
     fn resumable(trials: &[u64]) -> BTreeSet<TrialId> {
@@ -580,21 +571,8 @@ mod tests {
         config.time_attr = "epoch".into();
         let mut asha = Asha::new(&config, Mode::Max, 0);
         assert_eq!(report(&mut asha, 1, 5, 1.0), Continue, "no epoch in the report");
-        let mut with_epoch = |trial, epoch: f64, value| {
-            let report = Report {
-                step: 0,
-                metrics: [("epoch".to_owned(), epoch)].into(),
-            };
-            asha.on_result(
-                TrialId(trial),
-                &TrialReport {
-                    report: &report,
-                    value,
-                    checkpointed: false,
-                    has_checkpoint: false,
-                },
-            )
-        };
+        let mut with_epoch =
+            |trial, epoch: f64, value| decide(&mut asha, trial, 0, metric("epoch", epoch), value, Checkpoints::NONE);
         assert_eq!(with_epoch(1, 1.5, 1.0), Continue);
         assert_eq!(with_epoch(1, f64::NAN, 1.0), Continue);
         assert_eq!(with_epoch(1, 2.0, 1.0), Continue);

@@ -361,6 +361,7 @@ impl Scheduler for Hyperband {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Checkpoints, decide, metric};
     use proptest::prelude::*;
     use tune_core::trial::Report;
 
@@ -374,17 +375,14 @@ mod tests {
     }
 
     fn report(hyperband: &mut Hyperband, trial: u64, step: u64, value: f64) -> Decision {
-        let report = Report {
+        decide(
+            hyperband,
+            trial,
             step,
-            metrics: [("loss".to_owned(), value)].into(),
-        };
-        let result = TrialReport {
-            report: &report,
+            metric("loss", value),
             value,
-            checkpointed: true,
-            has_checkpoint: true,
-        };
-        hyperband.on_result(TrialId(trial), &result)
+            Checkpoints::EVERY_REPORT,
+        )
     }
 
     fn add(hyperband: &mut Hyperband, trials: impl IntoIterator<Item = u64>) {
@@ -406,6 +404,26 @@ mod tests {
             resumed.push(trial.0);
         }
         resumed
+    }
+
+    /// A Hyperband (R = 9, η = 3) with trials 1..=`added`, of which 1..=`paused` have reported
+    /// their own number at step 1 and paused there, with no rung decided yet.
+    fn paused_at_rung_0(mode: Mode, added: u64, paused: u64) -> Hyperband {
+        let mut hyperband = Hyperband::new(&config(9.0, 3.0), mode);
+        add(&mut hyperband, 1..=added);
+        for trial in 1..=paused {
+            assert_eq!(report(&mut hyperband, trial, 1, trial as f64), Decision::Pause);
+        }
+        assert!(hyperband.take_trials_to_stop().is_empty());
+        hyperband
+    }
+
+    /// Reports the only trial left at rung 1 (step 3): it pauses, stops no one, and is resumed
+    /// as the rung's one winner.
+    fn lone_trial_at_rung_1_goes_on(hyperband: &mut Hyperband, trial: u64) {
+        assert_eq!(report(hyperband, trial, 3, 1.0), Decision::Pause);
+        assert!(hyperband.take_trials_to_stop().is_empty());
+        assert_eq!(resume_all(hyperband, &ids([trial])), [trial]);
     }
 
     fn sorted(mut trials: Vec<TrialId>) -> Vec<u64> {
@@ -505,40 +523,26 @@ mod tests {
 
     #[test]
     fn removing_a_trial_lets_its_rung_complete() {
-        let mut hyperband = Hyperband::new(&config(9.0, 3.0), Mode::Max);
-        add(&mut hyperband, 1..=9);
-        for trial in 1..=8 {
-            assert_eq!(report(&mut hyperband, trial, 1, trial as f64), Decision::Pause);
-        }
-        assert!(hyperband.take_trials_to_stop().is_empty());
+        let mut hyperband = paused_at_rung_0(Mode::Max, 9, 8);
         hyperband.on_trial_remove(TrialId(9));
         // Eight left: the top ⌊8/3⌋ = 2 (highest values) go on.
         assert_eq!(sorted(hyperband.take_trials_to_stop()), [1, 2, 3, 4, 5, 6]);
         assert_eq!(resume_all(&mut hyperband, &ids(1..=9)), [8, 7]);
         // A removed winner leaves the next rung, which completes without it.
         hyperband.on_trial_remove(TrialId(8));
-        assert_eq!(report(&mut hyperband, 7, 3, 1.0), Decision::Pause);
-        assert!(hyperband.take_trials_to_stop().is_empty());
-        assert_eq!(resume_all(&mut hyperband, &ids([7])), [7]);
+        lone_trial_at_rung_1_goes_on(&mut hyperband, 7);
     }
 
     #[test]
     fn no_more_trials_closes_an_under_filled_bracket() {
-        let mut hyperband = Hyperband::new(&config(9.0, 3.0), Mode::Min);
-        add(&mut hyperband, 1..=5);
-        for trial in 1..=5 {
-            assert_eq!(report(&mut hyperband, trial, 1, trial as f64), Decision::Pause);
-        }
-        assert!(hyperband.take_trials_to_stop().is_empty());
+        let mut hyperband = paused_at_rung_0(Mode::Min, 5, 5);
         assert_eq!(hyperband.choose_trial_to_resume(&ids(1..=5)), None);
         hyperband.on_no_more_trials();
         // ⌊5/3⌋ = 1 goes on: the lowest loss.
         assert_eq!(sorted(hyperband.take_trials_to_stop()), [2, 3, 4, 5]);
         assert_eq!(resume_all(&mut hyperband, &ids(1..=5)), [1]);
         // With one trial left at rung 1, ⌊1/3⌋ = 0 but one still goes on.
-        assert_eq!(report(&mut hyperband, 1, 3, 1.0), Decision::Pause);
-        assert!(hyperband.take_trials_to_stop().is_empty());
-        assert_eq!(resume_all(&mut hyperband, &ids([1])), [1]);
+        lone_trial_at_rung_1_goes_on(&mut hyperband, 1);
     }
 
     #[test]

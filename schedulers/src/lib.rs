@@ -15,6 +15,8 @@ pub mod hyperband;
 pub mod median;
 pub mod order_stats;
 pub mod pbt;
+#[cfg(test)]
+mod testing;
 
 use serde::{Deserialize, Serialize};
 use tune_core::scheduler::{Scheduler, TrialReport};
@@ -167,15 +169,27 @@ fn default_resample_probability() -> f64 {
     0.25
 }
 
-fn positive(setting: &str, value: f64) -> Result<()> {
-    if value.is_finite() && value > 0.0 {
+/// `Ok` when `holds`; otherwise the error for `setting`, whose `message` says what it must be.
+fn require(holds: bool, setting: &str, message: impl FnOnce() -> String) -> Result<()> {
+    if holds {
         Ok(())
     } else {
-        Err(Error::setting(
-            setting,
-            format!("must be a positive number, got {value}"),
-        ))
+        Err(Error::setting(setting, message()))
     }
+}
+
+/// Checks that a setting is a finite number above 0.
+fn positive(setting: &str, value: f64) -> Result<()> {
+    require(value.is_finite() && value > 0.0, setting, || {
+        format!("must be a positive number, got {value}")
+    })
+}
+
+/// Checks `scheduler.reduction_factor`: finite and greater than 1, or no rung would ever shrink.
+fn reduction_factor(value: f64) -> Result<()> {
+    require(value.is_finite() && value > 1.0, "scheduler.reduction_factor", || {
+        format!("must be greater than 1, got {value}")
+    })
 }
 
 impl SchedulerConfig {
@@ -197,74 +211,48 @@ impl SchedulerConfig {
             SchedulerConfig::Asha(c) => {
                 positive("scheduler.max_t", c.max_t)?;
                 positive("scheduler.grace_period", c.grace_period)?;
-                if c.grace_period > c.max_t {
-                    return Err(Error::setting(
-                        "scheduler.grace_period",
-                        format!(
-                            "must not exceed max_t, got grace_period={} > max_t={}",
-                            c.grace_period, c.max_t
-                        ),
-                    ));
-                }
-                if !(c.reduction_factor.is_finite() && c.reduction_factor > 1.0) {
-                    return Err(Error::setting(
-                        "scheduler.reduction_factor",
-                        format!("must be greater than 1, got {}", c.reduction_factor),
-                    ));
-                }
-                if c.brackets < 1 {
-                    return Err(Error::setting(
-                        "scheduler.brackets",
-                        format!("must be at least 1, got {}", c.brackets),
-                    ));
-                }
-                Ok(())
+                // Both are finite now, so `<=` is exactly "does not exceed".
+                require(c.grace_period <= c.max_t, "scheduler.grace_period", || {
+                    format!(
+                        "must not exceed max_t, got grace_period={} > max_t={}",
+                        c.grace_period, c.max_t
+                    )
+                })?;
+                reduction_factor(c.reduction_factor)?;
+                require(c.brackets >= 1, "scheduler.brackets", || {
+                    format!("must be at least 1, got {}", c.brackets)
+                })
             }
             SchedulerConfig::Hyperband(c) => {
                 positive("scheduler.max_t", c.max_t)?;
-                if !(c.reduction_factor.is_finite() && c.reduction_factor > 1.0) {
-                    return Err(Error::setting(
-                        "scheduler.reduction_factor",
-                        format!("must be greater than 1, got {}", c.reduction_factor),
-                    ));
-                }
-                Ok(())
+                reduction_factor(c.reduction_factor)
             }
-            SchedulerConfig::Median(c) => {
-                if !(c.grace_period.is_finite() && c.grace_period >= 0.0) {
-                    return Err(Error::setting(
-                        "scheduler.grace_period",
-                        format!("must be a non-negative number, got {}", c.grace_period),
-                    ));
-                }
-                Ok(())
-            }
+            SchedulerConfig::Median(c) => require(
+                c.grace_period.is_finite() && c.grace_period >= 0.0,
+                "scheduler.grace_period",
+                || format!("must be a non-negative number, got {}", c.grace_period),
+            ),
             SchedulerConfig::Pbt(c) => {
                 positive("scheduler.perturbation_interval", c.perturbation_interval)?;
-                if !(c.quantile_fraction > 0.0 && c.quantile_fraction <= 0.5) {
-                    return Err(Error::setting(
-                        "scheduler.quantile_fraction",
-                        format!("must be in (0, 0.5], got {}", c.quantile_fraction),
-                    ));
-                }
-                if !(0.0..=1.0).contains(&c.resample_probability) {
-                    return Err(Error::setting(
-                        "scheduler.resample_probability",
-                        format!("must be in [0, 1], got {}", c.resample_probability),
-                    ));
-                }
+                require(
+                    c.quantile_fraction > 0.0 && c.quantile_fraction <= 0.5,
+                    "scheduler.quantile_fraction",
+                    || format!("must be in (0, 0.5], got {}", c.quantile_fraction),
+                )?;
+                require(
+                    (0.0..=1.0).contains(&c.resample_probability),
+                    "scheduler.resample_probability",
+                    || format!("must be in [0, 1], got {}", c.resample_probability),
+                )?;
                 if let Some(names) = &c.mutate {
                     let known = space.parameter_names();
                     for name in names {
-                        if !known.contains(name) {
-                            return Err(Error::setting(
-                                "scheduler.mutate",
-                                format!(
-                                    "\"{name}\" names no parameter of the space (known: {})",
-                                    known.join(", ")
-                                ),
-                            ));
-                        }
+                        require(known.contains(name), "scheduler.mutate", || {
+                            format!(
+                                "\"{name}\" names no parameter of the space (known: {})",
+                                known.join(", ")
+                            )
+                        })?;
                     }
                 }
                 Ok(())
@@ -311,78 +299,71 @@ impl Scheduler for Fifo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tune_core::trial::Report;
+    use crate::testing::{Checkpoints, decide, metric};
 
-    fn parse(text: &str) -> std::result::Result<SchedulerConfig, String> {
-        serde_json::from_str(text).map_err(|e| e.to_string())
+    fn parse(text: &str) -> serde_json::Result<SchedulerConfig> {
+        serde_json::from_str(text)
     }
 
     #[test]
     fn fifo_always_continues_and_configs_parse() {
         let mut fifo = SchedulerConfig::Fifo {}.build(Mode::Min, 0, &Space::new()).unwrap();
-        let report = Report {
-            step: 1,
-            metrics: [("loss".to_owned(), f64::NAN)].into(),
-        };
-        let result = TrialReport {
-            report: &report,
-            value: f64::NAN,
-            checkpointed: false,
-            has_checkpoint: false,
-        };
-        assert_eq!(fifo.on_result(TrialId(1), &result), Decision::Continue);
+        let loss = metric("loss", f64::NAN);
+        assert_eq!(
+            decide(&mut *fifo, 1, 1, loss, f64::NAN, Checkpoints::NONE),
+            Decision::Continue
+        );
         assert_eq!(parse(r#"{"kind": "fifo"}"#).unwrap(), SchedulerConfig::Fifo {});
         let asha =
             parse(r#"{"kind": "asha", "type": "promote", "max_t": 81, "grace_period": 1, "reduction_factor": 3}"#)
                 .unwrap();
         assert!(asha.pauses_trials());
-        assert!(
-            parse(r#"{"kind": "hyperbandit"}"#)
-                .unwrap_err()
-                .contains("unknown variant `hyperbandit`")
-        );
-        assert!(
-            parse(r#"{"kind": "asha", "grace": 3}"#)
-                .unwrap_err()
-                .contains("unknown field `grace`")
-        );
-        assert!(
-            parse(r#"{"kind": "fifo", "grace": 3}"#)
-                .unwrap_err()
-                .contains("unknown field `grace`")
-        );
+        let rejections = [
+            (r#"{"kind": "hyperbandit"}"#, "unknown variant `hyperbandit`"),
+            (r#"{"kind": "asha", "grace": 3}"#, "unknown field `grace`"),
+            (r#"{"kind": "fifo", "grace": 3}"#, "unknown field `grace`"),
+        ];
+        for (text, reason) in rejections {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(error.contains(reason), "{text}: {error}");
+        }
     }
 
     #[test]
     fn settings_that_cannot_work_are_named() {
         let check = |text: &str| parse(text).unwrap().validate(&Space::new()).unwrap_err().to_string();
-        assert_eq!(
-            check(r#"{"kind": "asha", "max_t": 10, "grace_period": 20}"#),
-            "setting \"scheduler.grace_period\": must not exceed max_t, got grace_period=20 > max_t=10"
-        );
-        assert_eq!(
-            check(r#"{"kind": "asha", "reduction_factor": 1}"#),
-            "setting \"scheduler.reduction_factor\": must be greater than 1, got 1"
-        );
-        assert_eq!(
-            check(r#"{"kind": "asha", "brackets": 0}"#),
-            "setting \"scheduler.brackets\": must be at least 1, got 0"
-        );
-        assert_eq!(
-            check(r#"{"kind": "hyperband", "reduction_factor": 0.5}"#),
-            "setting \"scheduler.reduction_factor\": must be greater than 1, got 0.5"
-        );
-        assert_eq!(
-            check(r#"{"kind": "pbt", "perturbation_interval": 0}"#),
-            "setting \"scheduler.perturbation_interval\": must be a positive number, got 0"
-        );
-        assert_eq!(
-            check(r#"{"kind": "pbt", "perturbation_interval": 4, "quantile_fraction": 0.6}"#),
-            "setting \"scheduler.quantile_fraction\": must be in (0, 0.5], got 0.6"
-        );
-        assert_eq!(
-            check(r#"{"kind": "pbt", "perturbation_interval": 4, "mutate": ["lr"]}"#),
-            "setting \"scheduler.mutate\": \"lr\" names no parameter of the space (known: )"
-        );
+        let cases = [
+            (
+                r#"{"kind": "asha", "max_t": 10, "grace_period": 20}"#,
+                "setting \"scheduler.grace_period\": must not exceed max_t, got grace_period=20 > max_t=10",
+            ),
+            (
+                r#"{"kind": "asha", "reduction_factor": 1}"#,
+                "setting \"scheduler.reduction_factor\": must be greater than 1, got 1",
+            ),
+            (
+                r#"{"kind": "asha", "brackets": 0}"#,
+                "setting \"scheduler.brackets\": must be at least 1, got 0",
+            ),
+            (
+                r#"{"kind": "hyperband", "reduction_factor": 0.5}"#,
+                "setting \"scheduler.reduction_factor\": must be greater than 1, got 0.5",
+            ),
+            (
+                r#"{"kind": "pbt", "perturbation_interval": 0}"#,
+                "setting \"scheduler.perturbation_interval\": must be a positive number, got 0",
+            ),
+            (
+                r#"{"kind": "pbt", "perturbation_interval": 4, "quantile_fraction": 0.6}"#,
+                "setting \"scheduler.quantile_fraction\": must be in (0, 0.5], got 0.6",
+            ),
+            (
+                r#"{"kind": "pbt", "perturbation_interval": 4, "mutate": ["lr"]}"#,
+                "setting \"scheduler.mutate\": \"lr\" names no parameter of the space (known: )",
+            ),
+        ];
+        for (text, message) in cases {
+            assert_eq!(check(text), message);
+        }
     }
 }

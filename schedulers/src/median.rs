@@ -164,8 +164,8 @@ impl Scheduler for MedianStopping {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Checkpoints, decide, metric};
     use proptest::prelude::*;
-    use tune_core::trial::Report;
 
     fn rule(grace_period: f64, min_samples_required: u32, mode: Mode) -> MedianStopping {
         MedianStopping::new(
@@ -179,17 +179,7 @@ mod tests {
     }
 
     fn report(rule: &mut MedianStopping, trial: u64, step: u64, value: f64) -> Decision {
-        let report = Report {
-            step,
-            metrics: [("score".to_owned(), value)].into(),
-        };
-        let result = TrialReport {
-            report: &report,
-            value,
-            checkpointed: false,
-            has_checkpoint: false,
-        };
-        rule.on_result(TrialId(trial), &result)
+        decide(rule, trial, step, metric("score", value), value, Checkpoints::NONE)
     }
 
     /// Three trials with known histories (mode max), values that keep the arithmetic exact:
@@ -213,6 +203,27 @@ mod tests {
         rule
     }
 
+    /// The decisions on `reports` (trial, step, value), reported in order.
+    fn decisions(rule: &mut MedianStopping, reports: &[(u64, u64, f64)]) -> Vec<Decision> {
+        reports
+            .iter()
+            .map(|&(trial, step, value)| report(rule, trial, step, value))
+            .collect()
+    }
+
+    /// The decisions on a new trial 4 that reports a hopeless -10 at each of `steps` to a fresh
+    /// [`population`] (mode max).
+    fn hopeless_newcomer(grace_period: f64, min_samples: u32, steps: [u64; 2]) -> Vec<Decision> {
+        let mut rule = population(grace_period, min_samples, Mode::Max);
+        steps.map(|step| report(&mut rule, 4, step, -10.0)).to_vec()
+    }
+
+    /// The decision on a new trial 4 that reports `value` at step 2 to a fresh [`population`]
+    /// (no grace period, two samples required).
+    fn newcomer_at_step_2(mode: Mode, value: f64) -> Decision {
+        report(&mut population(0.0, 2, mode), 4, 2, value)
+    }
+
     #[test]
     fn exact_decisions_on_a_small_population() {
         let mut rule = population(0.0, 2, Mode::Max);
@@ -220,8 +231,7 @@ mod tests {
         assert_eq!(rule.median_of_others(TrialId(4), 2.0), Some((3.0, 3)));
         assert_eq!(report(&mut rule, 4, 2, 2.9), Decision::Stop);
         // At the median exactly, the trial is not strictly worse.
-        let mut rule = population(0.0, 2, Mode::Max);
-        assert_eq!(report(&mut rule, 4, 2, 3.0), Decision::Continue);
+        assert_eq!(newcomer_at_step_2(Mode::Max, 3.0), Decision::Continue);
         // At step 1 only t1 (2) and t2 (5) have reported: an even count takes the mean of the
         // middle two, 3.5.
         let mut rule = population(0.0, 2, Mode::Max);
@@ -235,35 +245,29 @@ mod tests {
 
     #[test]
     fn grace_period_is_respected() {
-        let mut rule = population(3.0, 1, Mode::Max);
-        assert_eq!(report(&mut rule, 4, 2, -10.0), Decision::Continue);
-        assert_eq!(report(&mut rule, 4, 3, -10.0), Decision::Stop);
+        assert_eq!(hopeless_newcomer(3.0, 1, [2, 3]), [Decision::Continue, Decision::Stop]);
     }
 
     #[test]
     fn min_samples_required_is_respected() {
         // At step 1 only two others have reported.
-        let mut three = population(0.0, 3, Mode::Max);
-        assert_eq!(report(&mut three, 4, 1, -10.0), Decision::Continue);
-        assert_eq!(report(&mut three, 4, 2, -10.0), Decision::Stop);
+        assert_eq!(hopeless_newcomer(0.0, 3, [1, 2]), [Decision::Continue, Decision::Stop]);
         // Zero required still needs one other trial to take a median of.
         let mut alone = rule(0.0, 0, Mode::Max);
-        assert_eq!(report(&mut alone, 1, 5, -10.0), Decision::Continue);
-        assert_eq!(report(&mut alone, 2, 5, -20.0), Decision::Stop);
+        assert_eq!(
+            decisions(&mut alone, &[(1, 5, -10.0), (2, 5, -20.0)]),
+            [Decision::Continue, Decision::Stop]
+        );
     }
 
     #[test]
     fn mode_min_ranks_lower_values_better() {
         // The same population negated and minimised makes the same decisions.
-        let mut rule = population(0.0, 2, Mode::Min);
-        assert_eq!(report(&mut rule, 4, 2, -2.9), Decision::Stop);
-        let mut rule = population(0.0, 2, Mode::Min);
-        assert_eq!(report(&mut rule, 4, 2, -3.1), Decision::Continue);
+        assert_eq!(newcomer_at_step_2(Mode::Min, -2.9), Decision::Stop);
+        assert_eq!(newcomer_at_step_2(Mode::Min, -3.1), Decision::Continue);
         // Against the unnegated population a low value stops under max.
-        let mut max = population(0.0, 2, Mode::Max);
-        assert_eq!(report(&mut max, 4, 2, 3.1), Decision::Continue);
-        let mut max = population(0.0, 2, Mode::Max);
-        assert_eq!(report(&mut max, 4, 2, -3.1), Decision::Stop);
+        assert_eq!(newcomer_at_step_2(Mode::Max, 3.1), Decision::Continue);
+        assert_eq!(newcomer_at_step_2(Mode::Max, -3.1), Decision::Stop);
     }
 
     #[test]

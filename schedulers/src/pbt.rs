@@ -58,7 +58,7 @@ use tune_core::rng::ChaCha20Rng;
 use tune_core::scheduler::{Exploit, Scheduler, TrialReport};
 use tune_core::space::{Domain, Space};
 use tune_core::trial::{Decision, Mode, TrialId};
-use tune_core::value::{Config, Value};
+use tune_core::value::{Config, Value, dotted};
 
 use crate::PbtConfig;
 
@@ -102,11 +102,7 @@ fn branches(domain: &Domain) -> bool {
 /// values and conditional choices, by dotted name, in name order.
 fn leaves(prefix: &str, space: &Space, out: &mut Vec<(String, Domain)>) {
     for (name, domain) in space.params() {
-        let dotted = if prefix.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{prefix}.{name}")
-        };
+        let dotted = dotted(prefix, name);
         match domain {
             Domain::Nested(inner) => leaves(&dotted, inner, out),
             Domain::Fixed(_) => {}
@@ -354,6 +350,7 @@ impl Scheduler for Pbt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Checkpoints, decide, metric};
     use proptest::prelude::*;
     use rand::SeedableRng;
     use serde_json::json;
@@ -400,17 +397,18 @@ mod tests {
     }
 
     fn report(pbt: &mut Pbt, trial: u64, step: u64, value: f64, has_checkpoint: bool) -> Decision {
-        let report = Report {
-            step,
-            metrics: [("loss".to_owned(), value)].into(),
-        };
-        let result = TrialReport {
-            report: &report,
-            value,
+        let checkpoints = Checkpoints {
             checkpointed: false,
             has_checkpoint,
         };
-        pbt.on_result(TrialId(trial), &result)
+        decide(pbt, trial, step, metric("loss", value), value, checkpoints)
+    }
+
+    /// Reports `value` at `step` (with a checkpoint) and checks that the trial continues with no
+    /// exploit to take.
+    fn continues_without_exploit(pbt: &mut Pbt, trial: u64, step: u64, value: f64) {
+        assert_eq!(report(pbt, trial, step, value, true), Decision::Continue);
+        assert_eq!(pbt.take_exploit(TrialId(trial)), None);
     }
 
     /// Four trials (mode min: t1 is best, t4 worst) that reported at step 1; t1 has a checkpoint
@@ -488,8 +486,7 @@ mod tests {
     #[test]
     fn a_top_trial_never_exploits() {
         let mut pbt = population(None, true, 0);
-        assert_eq!(report(&mut pbt, 1, 4, 1.0, true), Decision::Continue);
-        assert_eq!(pbt.take_exploit(TrialId(1)), None);
+        continues_without_exploit(&mut pbt, 1, 4, 1.0);
         // Nor does a middle one.
         assert_eq!(report(&mut pbt, 2, 4, 2.0, true), Decision::Continue);
     }
@@ -497,8 +494,7 @@ mod tests {
     #[test]
     fn no_donor_with_a_checkpoint_continues() {
         let mut pbt = population(None, false, 0);
-        assert_eq!(report(&mut pbt, 4, 4, 4.0, true), Decision::Continue);
-        assert_eq!(pbt.take_exploit(TrialId(4)), None);
+        continues_without_exploit(&mut pbt, 4, 4, 4.0);
         // Once the top trial has a checkpoint, the next perturbation exploits it.
         assert_eq!(report(&mut pbt, 1, 5, 1.0, true), Decision::Continue);
         assert_eq!(report(&mut pbt, 4, 7, 4.0, true), Decision::Continue);

@@ -59,6 +59,7 @@ use tune_core::trial::{Mode, Report, TrialId};
 use tune_core::value::Config;
 
 use crate::BohbConfig;
+use crate::numerics::{LN_SQRT_2PI, log_sum_exp, normal_by_rejection};
 use crate::unit::{DimKind, UnitSpace};
 
 /// The smallest kernel bandwidth (in unit coordinates, or λ for a categorical dimension).
@@ -351,7 +352,7 @@ impl<'a> Density<'a> {
                         match *kind {
                             Kernel::Gaussian => {
                                 let z = (x.unit[dim] - point.unit[dim]) / bandwidth;
-                                -0.5 * z * z - bandwidth.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln()
+                                -0.5 * z * z - bandwidth.ln() - LN_SQRT_2PI
                             }
                             Kernel::Categorical(options) => {
                                 aitchison_aitken_ln(x.unit[dim], point.unit[dim], options, bandwidth)
@@ -422,37 +423,20 @@ fn sample_std(values: &[f64]) -> f64 {
     (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
 }
 
-/// `ln Σ exp(terms)`, computed without overflow or underflow; `-inf` for no terms.
-fn log_sum_exp(terms: &[f64]) -> f64 {
-    let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !max.is_finite() {
-        return max;
-    }
-    max + terms.iter().map(|t| (t - max).exp()).sum::<f64>().ln()
-}
-
-/// A standard normal draw (Box–Muller).
-fn standard_normal(rng: &mut impl Rng) -> f64 {
-    let radius = (-2.0 * (1.0 - rng.random::<f64>()).ln()).sqrt();
-    radius * (std::f64::consts::TAU * rng.random::<f64>()).cos()
-}
-
 /// A normal draw around `mean` with deviation `sigma`, truncated to `[0, 1)` by rejection; after
 /// [`TRUNCATED_NORMAL_TRIES`] rejections (which takes a mean far outside the interval) a uniform
 /// draw.
 fn truncated_normal(rng: &mut impl Rng, mean: f64, sigma: f64) -> f64 {
-    for _ in 0..TRUNCATED_NORMAL_TRIES {
-        let value = mean + sigma * standard_normal(rng);
-        if (0.0..1.0).contains(&value) {
-            return value;
-        }
-    }
-    rng.random::<f64>()
+    normal_by_rejection(rng, mean, sigma, TRUNCATED_NORMAL_TRIES, |value| {
+        (0.0..1.0).contains(&value)
+    })
+    .unwrap_or_else(|| rng.random::<f64>())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{arb_space, branin, config_of, float};
     use proptest::prelude::*;
     use rand::Rng;
     use serde_json::json;
@@ -466,13 +450,6 @@ mod tests {
             random_fraction: 1.0 / 3.0,
             bandwidth_factor: 3.0,
             num_samples: 64,
-        }
-    }
-
-    fn config_of(suggestion: Suggestion) -> Config {
-        match suggestion {
-            Suggestion::Config(config) => config,
-            other => panic!("expected a config, got {other:?}"),
         }
     }
 
@@ -495,6 +472,19 @@ mod tests {
             .unwrap()
     }
 
+    /// The default settings with `random_fraction` changed.
+    fn with_random_fraction(random_fraction: f64) -> BohbConfig {
+        BohbConfig {
+            random_fraction,
+            ..settings()
+        }
+    }
+
+    /// A searcher over [`square`] that optimises "loss".
+    fn on_square(settings: &BohbConfig, mode: Mode, seed: u64) -> Bohb {
+        Bohb::new(settings, &square(), "loss", mode, seed)
+    }
+
     #[test]
     fn split_sizes_follow_the_reference_rule() {
         // Few points: both sets hold min_points_in_model and overlap.
@@ -512,7 +502,7 @@ mod tests {
     #[test]
     fn observations_are_bucketed_by_budget_and_the_largest_full_budget_is_modelled() {
         // d = 2, so min_points_in_model = 3 and a budget needs 5 observations.
-        let mut searcher = Bohb::new(&settings(), &square(), "loss", Mode::Min, 1);
+        let mut searcher = on_square(&settings(), Mode::Min, 1);
         assert_eq!(searcher.min_points_in_model, 3);
         let counts = |searcher: &Bohb| -> Vec<(u64, usize)> {
             searcher
@@ -547,11 +537,8 @@ mod tests {
     /// model follows whichever is the largest budget with enough results.
     #[test]
     fn the_model_follows_the_largest_budget_with_enough_points() {
-        let model_only = BohbConfig {
-            random_fraction: 0.0,
-            ..settings()
-        };
-        let mut searcher = Bohb::new(&model_only, &square(), "loss", Mode::Min, 3);
+        let model_only = with_random_fraction(0.0);
+        let mut searcher = on_square(&model_only, Mode::Min, 3);
         let mut next = 0;
         let mut add = |searcher: &mut Bohb, x: f64, y: f64, budgets: &[u64]| {
             next += 1;
@@ -567,7 +554,7 @@ mod tests {
             (0..20)
                 .map(|i| {
                     let config = config_of(searcher.suggest(TrialId(from + i)).unwrap());
-                    config.get("x").unwrap().as_f64().unwrap()
+                    float(&config, "x")
                 })
                 .sum::<f64>()
                 / 20.0
@@ -594,34 +581,22 @@ mod tests {
 
     #[test]
     fn random_fraction_one_never_uses_the_model() {
-        let random_only = BohbConfig {
-            random_fraction: 1.0,
-            ..settings()
-        };
-        let mut informed = Bohb::new(&random_only, &square(), "loss", Mode::Min, 11);
-        let mut blind = Bohb::new(&random_only, &square(), "loss", Mode::Min, 11);
+        let random_only = with_random_fraction(1.0);
+        let mut informed = on_square(&random_only, Mode::Min, 11);
+        let mut blind = on_square(&random_only, Mode::Min, 11);
         for n in 1..=40 {
             let trial = TrialId(n);
             let config = config_of(informed.suggest(trial).unwrap());
             assert_eq!(Suggestion::Config(config.clone()), blind.suggest(trial).unwrap());
-            let x = config.get("x").unwrap().as_f64().unwrap();
+            let x = float(&config, "x");
             informed.on_trial_result(trial, &report(1, x));
         }
         assert_eq!(informed.model_budget(), Some(1));
         // The same history with random_fraction = 0 does use the model.
-        let mut modelled = Bohb::new(
-            &BohbConfig {
-                random_fraction: 0.0,
-                ..settings()
-            },
-            &square(),
-            "loss",
-            Mode::Min,
-            11,
-        );
+        let mut modelled = on_square(&with_random_fraction(0.0), Mode::Min, 11);
         modelled.encodings = informed.encodings.clone();
         modelled.budgets = informed.budgets.clone();
-        let mut reference = Bohb::new(&random_only, &square(), "loss", Mode::Min, 11);
+        let mut reference = on_square(&random_only, Mode::Min, 11);
         assert_ne!(
             modelled.suggest(TrialId(41)).unwrap(),
             reference.suggest(TrialId(41)).unwrap()
@@ -631,11 +606,11 @@ mod tests {
     #[test]
     fn same_seed_and_calls_give_the_same_configs() {
         let run = |seed| {
-            let mut searcher = Bohb::new(&settings(), &square(), "loss", Mode::Max, seed);
+            let mut searcher = on_square(&settings(), Mode::Max, seed);
             (1..=30)
                 .map(|n| {
                     let config = config_of(searcher.suggest(TrialId(n)).unwrap());
-                    let x = config.get("x").unwrap().as_f64().unwrap();
+                    let x = float(&config, "x");
                     searcher.on_trial_result(TrialId(n), &report(1, x));
                     config
                 })
@@ -647,16 +622,7 @@ mod tests {
 
     #[test]
     fn non_finite_and_missing_results_rank_worst_without_panicking() {
-        let mut searcher = Bohb::new(
-            &BohbConfig {
-                random_fraction: 0.0,
-                ..settings()
-            },
-            &square(),
-            "loss",
-            Mode::Min,
-            2,
-        );
+        let mut searcher = on_square(&with_random_fraction(0.0), Mode::Min, 2);
         for n in 1..=30u64 {
             let trial = TrialId(n);
             let config = config_of(searcher.suggest(trial).unwrap());
@@ -694,16 +660,7 @@ mod tests {
         let best = searcher.ranked(1)[0].clone();
         assert_eq!(best, searcher.encodings[&TrialId(3)]);
         // Every observation worst: the model still proposes configurations in the space.
-        let mut all_bad = Bohb::new(
-            &BohbConfig {
-                random_fraction: 0.0,
-                ..settings()
-            },
-            &square(),
-            "loss",
-            Mode::Max,
-            4,
-        );
+        let mut all_bad = on_square(&with_random_fraction(0.0), Mode::Max, 4);
         for n in 1..=10 {
             config_of(all_bad.suggest(TrialId(n)).unwrap());
             all_bad.on_trial_result(TrialId(n), &report(3, f64::NAN));
@@ -715,7 +672,7 @@ mod tests {
 
     #[test]
     fn a_failed_trial_turns_its_latest_observation_worst() {
-        let mut searcher = Bohb::new(&settings(), &square(), "loss", Mode::Min, 9);
+        let mut searcher = on_square(&settings(), Mode::Min, 9);
         let config = config_of(searcher.suggest(TrialId(1)).unwrap());
         searcher.on_trial_result(TrialId(1), &report(1, 0.5));
         searcher.on_trial_result(TrialId(1), &report(3, 0.4));
@@ -726,14 +683,6 @@ mod tests {
         let config = config_of(searcher.suggest(TrialId(2)).unwrap());
         complete(&mut searcher, TrialId(2), &config, None, true);
         assert!(searcher.budgets.values().all(|b| !b.contains_key(&TrialId(2))));
-    }
-
-    fn branin(x1: f64, x2: f64) -> f64 {
-        use std::f64::consts::PI;
-        let b = 5.1 / (4.0 * PI * PI);
-        let c = 5.0 / PI;
-        let t = 1.0 / (8.0 * PI);
-        (x2 - b * x1 * x1 + c * x1 - 6.0).powi(2) + 10.0 * (1.0 - t) * x1.cos() + 10.0
     }
 
     /// Branin as a multi-fidelity toy: brackets of 9 configurations, each reporting at steps 1, 3
@@ -747,8 +696,8 @@ mod tests {
                 .map(|_| {
                     next += 1;
                     let config = config_of(searcher.suggest(TrialId(next)).unwrap());
-                    let x1 = config.get("x1").unwrap().as_f64().unwrap();
-                    let x2 = config.get("x2").unwrap().as_f64().unwrap();
+                    let x1 = float(&config, "x1");
+                    let x2 = float(&config, "x2");
                     (TrialId(next), config, branin(x1, x2))
                 })
                 .collect();
@@ -799,67 +748,6 @@ mod tests {
             bohb < 0.7 * random,
             "geometric mean regret: bohb {bohb}, random {random}"
         );
-    }
-
-    fn arb_domain() -> impl Strategy<Value = Domain> {
-        let leaf = prop_oneof![
-            (-100.0f64..100.0, 1e-3f64..100.0).prop_map(|(low, width)| Domain::Uniform { low, high: low + width }),
-            (1e-6f64..10.0, 1.5f64..1e4).prop_map(|(low, ratio)| Domain::LogUniform { low, high: low * ratio }),
-            (-10.0f64..10.0, 1.0f64..50.0, 0.1f64..2.0).prop_map(|(low, width, q)| Domain::QUniform {
-                low,
-                high: low + width.max(q),
-                q
-            }),
-            (-1000i64..1000, 1i64..100).prop_map(|(low, width)| Domain::RandInt { low, high: low + width }),
-            (-100i64..100, 1i64..10).prop_map(|(low, q)| Domain::QRandInt {
-                low,
-                high: low + 3 * q,
-                q
-            }),
-            (1i64..100, 1i64..10_000).prop_map(|(low, width)| Domain::LogRandInt { low, high: low + width }),
-            (-10.0f64..10.0, 0.1f64..5.0).prop_map(|(mu, sigma)| Domain::Normal { mu, sigma }),
-            (1usize..6).prop_map(|n| Domain::choice((0..n).map(|i| format!("c{i}"))).unwrap()),
-            (1usize..4).prop_map(|n| Domain::choice((0..n as i64).map(|i| i * 16)).unwrap()),
-            Just(Domain::fixed("relu")),
-        ];
-        leaf.prop_recursive(2, 8, 3, |inner| {
-            prop_oneof![
-                // A conditional choice: each option a table with its own parameters.
-                proptest::collection::vec(proptest::collection::vec(inner.clone(), 0..3), 1..4).prop_map(|options| {
-                    Domain::Choice(
-                        options
-                            .into_iter()
-                            .enumerate()
-                            .map(|(index, params)| {
-                                let mut space = Space::new();
-                                space.insert("name", Domain::fixed(format!("o{index}"))).unwrap();
-                                for (i, domain) in params.into_iter().enumerate() {
-                                    space.insert(&format!("p{i}"), domain).unwrap();
-                                }
-                                Domain::Nested(space)
-                            })
-                            .collect(),
-                    )
-                }),
-                proptest::collection::vec(inner, 1..3).prop_map(|params| {
-                    let mut space = Space::new();
-                    for (i, domain) in params.into_iter().enumerate() {
-                        space.insert(&format!("n{i}"), domain).unwrap();
-                    }
-                    Domain::Nested(space)
-                }),
-            ]
-        })
-    }
-
-    fn arb_space() -> impl Strategy<Value = Space> {
-        proptest::collection::vec(arb_domain(), 1..5).prop_map(|domains| {
-            let mut space = Space::new();
-            for (i, domain) in domains.into_iter().enumerate() {
-                space.insert(&format!("a{i}"), domain).unwrap();
-            }
-            space
-        })
     }
 
     proptest! {

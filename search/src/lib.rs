@@ -20,8 +20,11 @@ pub mod ask_tell;
 pub mod bohb;
 pub mod gp;
 mod grid;
+mod numerics;
 mod random;
 pub mod sobol;
+#[cfg(test)]
+mod test_support;
 pub mod tpe;
 pub mod unit;
 
@@ -282,22 +285,19 @@ impl SearcherConfig {
 mod config_tests {
     use super::*;
 
-    fn parse(text: &str) -> std::result::Result<SearcherConfig, String> {
-        serde_json::from_str(text).map_err(|e| e.to_string())
+    fn parse(text: &str) -> serde_json::Result<SearcherConfig> {
+        serde_json::from_str(text)
+    }
+
+    /// Why `text` is not a searcher config.
+    fn rejection(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
     }
 
     #[test]
     fn unknown_keys_are_rejected_for_every_kind() {
-        assert!(
-            parse(r#"{"kind": "random", "n": 1}"#)
-                .unwrap_err()
-                .contains("unknown field `n`")
-        );
-        assert!(
-            parse(r#"{"kind": "tpe", "n_startup": 1}"#)
-                .unwrap_err()
-                .contains("unknown field `n_startup`")
-        );
+        assert!(rejection(r#"{"kind": "random", "n": 1}"#).contains("unknown field `n`"));
+        assert!(rejection(r#"{"kind": "tpe", "n_startup": 1}"#).contains("unknown field `n_startup`"));
         assert_eq!(parse(r#"{"kind": "tpe"}"#).unwrap().kind(), "tpe");
     }
 
@@ -305,22 +305,27 @@ mod config_tests {
     fn settings_out_of_range_are_named() {
         let space = Space::new();
         let check = |text: &str| parse(text).unwrap().validate(&space).unwrap_err().to_string();
-        assert_eq!(
-            check(r#"{"kind": "tpe", "gamma": 0}"#),
-            "setting \"searcher.gamma\": must be in (0, 1], got 0"
-        );
-        assert_eq!(
-            check(r#"{"kind": "tpe", "n_ei_candidates": 0}"#),
-            "setting \"searcher.n_ei_candidates\": must be at least 1, got 0"
-        );
-        assert_eq!(
-            check(r#"{"kind": "tpe", "n_startup_trials": -3}"#),
-            "setting \"searcher.n_startup_trials\": must be at least 0, got -3"
-        );
-        assert_eq!(
-            check(r#"{"kind": "bohb", "top_n_percent": 100}"#),
-            "setting \"searcher.top_n_percent\": must be in (0, 100), got 100"
-        );
+        let cases = [
+            (
+                r#"{"kind": "tpe", "gamma": 0}"#,
+                "setting \"searcher.gamma\": must be in (0, 1], got 0",
+            ),
+            (
+                r#"{"kind": "tpe", "n_ei_candidates": 0}"#,
+                "setting \"searcher.n_ei_candidates\": must be at least 1, got 0",
+            ),
+            (
+                r#"{"kind": "tpe", "n_startup_trials": -3}"#,
+                "setting \"searcher.n_startup_trials\": must be at least 0, got -3",
+            ),
+            (
+                r#"{"kind": "bohb", "top_n_percent": 100}"#,
+                "setting \"searcher.top_n_percent\": must be in (0, 100), got 100",
+            ),
+        ];
+        for (text, message) in cases {
+            assert_eq!(check(text), message, "{text}");
+        }
         let grid = Space::from_json(&serde_json::json!({"a": {"grid": [1, 2]}})).unwrap();
         assert_eq!(
             parse(r#"{"kind": "tpe"}"#)

@@ -27,16 +27,15 @@
 //! uniformly and the bin centre is the canonical coordinate of a value; decoding the encoding
 //! of a configuration gives the configuration back (floats up to rounding).
 //!
-//! The inverse normal CDF is Acklam's rational approximation refined by one Halley step.
-//!
-//! ## References
-//!
-//! - P. J. Acklam, "An algorithm for computing the inverse normal cumulative distribution
-//!   function", 2003 (relative error 1.15·10⁻⁹ before refinement).
+//! The standard normal CDF and quantile it maps `normal` domains through, [`normal_cdf`] and
+//! [`inverse_normal_cdf`] (Acklam's rational approximation refined by one Halley step), live
+//! with the crate's other numerics and are re-exported here, where they were first public.
 
 use serde_json::{Map, Value};
 use tune_core::space::{Domain, Space};
 use tune_core::value::Config;
+
+pub use crate::numerics::{inverse_normal_cdf, normal_cdf};
 
 /// The largest `f64` below 1: decoded coordinates are clamped to `[0, ONE_BELOW]`.
 pub const ONE_BELOW: f64 = 1.0 - f64::EPSILON / 2.0;
@@ -453,78 +452,6 @@ fn nearly_equal(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// The standard normal CDF Φ(x).
-pub fn normal_cdf(x: f64) -> f64 {
-    0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
-}
-
-/// The standard normal quantile Φ⁻¹(p) for `p` in (0, 1): Acklam's approximation refined by one
-/// Halley step (close to full double precision). Gives ∓∞ at 0 and 1, NaN outside.
-pub fn inverse_normal_cdf(p: f64) -> f64 {
-    if p.is_nan() || !(0.0..=1.0).contains(&p) {
-        return f64::NAN;
-    }
-    if p == 0.0 {
-        return f64::NEG_INFINITY;
-    }
-    if p == 1.0 {
-        return f64::INFINITY;
-    }
-    let x = acklam(p);
-    // One Halley step on Φ(x) − p (Acklam's own refinement).
-    let error = 0.5 * libm::erfc(-x / std::f64::consts::SQRT_2) - p;
-    let step = error * (2.0 * std::f64::consts::PI).sqrt() * (x * x / 2.0).exp();
-    x - step / (1.0 + x * step / 2.0)
-}
-
-/// Acklam's rational approximation of Φ⁻¹(p), relative error below 1.15·10⁻⁹.
-fn acklam(p: f64) -> f64 {
-    const A: [f64; 6] = [
-        -3.969683028665376e+01,
-        2.209460984245205e+02,
-        -2.759285104469687e+02,
-        1.38357751867269e+02,
-        -3.066479806614716e+01,
-        2.506628277459239e+00,
-    ];
-    const B: [f64; 5] = [
-        -5.447609879822406e+01,
-        1.615858368580409e+02,
-        -1.556989798598866e+02,
-        6.680131188771972e+01,
-        -1.328068155288572e+01,
-    ];
-    const C: [f64; 6] = [
-        -7.784894002430293e-03,
-        -3.223964580411365e-01,
-        -2.400758277161838e+00,
-        -2.549732539343734e+00,
-        4.374664141464968e+00,
-        2.938163982698783e+00,
-    ];
-    const D: [f64; 4] = [
-        7.784695709041462e-03,
-        3.224671290700398e-01,
-        2.445134137142996e+00,
-        3.754408661907416e+00,
-    ];
-    const P_LOW: f64 = 0.02425;
-    let tail = |q: f64| {
-        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
-            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
-    };
-    if p < P_LOW {
-        tail((-2.0 * p.ln()).sqrt())
-    } else if p <= 1.0 - P_LOW {
-        let q = p - 0.5;
-        let r = q * q;
-        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
-            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
-    } else {
-        -tail((-2.0 * (1.0 - p).ln()).sqrt())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,22 +574,6 @@ mod tests {
         for q in [5, 10, 15, 20] {
             assert!(seen.iter().any(|(_, b)| *b == q));
         }
-    }
-
-    #[test]
-    fn inverse_normal_cdf_is_accurate() {
-        assert!((inverse_normal_cdf(0.975) - 1.959_963_984_540_054).abs() < 1e-14);
-        assert!((inverse_normal_cdf(0.5)).abs() < 1e-16);
-        assert!((inverse_normal_cdf(1e-10) + 6.361_340_902_404_056).abs() < 1e-12);
-        for i in 1..1000 {
-            let p = i as f64 / 1000.0;
-            let raw = acklam(p);
-            let refined = inverse_normal_cdf(p);
-            assert!((raw - refined).abs() <= 1.2e-9 * refined.abs().max(1e-3), "{p}");
-            assert!((normal_cdf(refined) - p).abs() < 1e-15, "{p}");
-        }
-        assert_eq!(inverse_normal_cdf(0.0), f64::NEG_INFINITY);
-        assert!(inverse_normal_cdf(1.5).is_nan());
     }
 
     fn arb_numeric() -> impl Strategy<Value = Domain> {

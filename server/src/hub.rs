@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tune_core::controller::{Launch, Outcome, Progress};
-use tune_core::resources::{Allocation, Cluster, Inventory, ResourceRequest, Unplaceable};
+use tune_core::resources::{Inventory, ResourceRequest};
 use tune_core::trial::{Decision, Metrics, Report, TrialId};
 use tune_proto::v1;
 use tune_runtime::driver::{DriverHandle, TrialLink};
 
 use tune_sweep::spec::Spec;
+
+use crate::packing::{Allocation, Cluster, Unplaceable};
 
 /// A trial of an experiment.
 pub type TrialKey = (String, TrialId);

@@ -14,6 +14,7 @@
 
 pub mod error;
 pub mod hub;
+pub mod packing;
 mod service;
 
 pub use error::{Error, Result};

@@ -180,26 +180,12 @@ pub fn simulate(
                             };
                             push(&mut queue, at + step_cost_ms(&run.curve), due);
                         } else {
-                            push(
-                                &mut queue,
-                                at,
-                                Due::Exit {
-                                    trial,
-                                    launch: run.launch,
-                                },
-                            );
+                            push(&mut queue, at, exit_of(trial, run));
                         }
                     }
                     Command::Stop { trial } => {
                         if let Some(run) = running.get(&trial) {
-                            push(
-                                &mut queue,
-                                at,
-                                Due::Exit {
-                                    trial,
-                                    launch: run.launch,
-                                },
-                            );
+                            push(&mut queue, at, exit_of(trial, run));
                         }
                     }
                     Command::DeleteCheckpoint { .. } => {}
@@ -265,6 +251,14 @@ pub fn simulate(
                 }
             }
         }
+    }
+}
+
+/// The exit of `trial`'s current launch: what a stop, or its last step, makes due.
+fn exit_of(trial: TrialId, run: &Running) -> Due {
+    Due::Exit {
+        trial,
+        launch: run.launch,
     }
 }
 

@@ -416,8 +416,8 @@ impl Spec {
                     "is an empty list: give at least one bundle, or leave it out for { cpu = 1 }".into(),
                 );
             }
-            if let Err(message) = self.trial.resource_request().validate() {
-                return bad("trial.resources", message);
+            if let Err(error) = self.trial.resource_request().validate() {
+                return bad("trial.resources", error.to_string());
             }
         }
         if self.max_failed_trials == Some(0) {

@@ -1,7 +1,9 @@
 //! The Rust API: build a sweep, run it with a closure or a command, get its results.
 //!
 //! ```no_run
-//! use rung::{Mode, Space, Domain, Tuner};
+//! use tune_core::space::{Domain, Space};
+//! use tune_core::trial::{Decision, Mode};
+//! use tune_sweep::Tuner;
 //!
 //! # async fn demo() -> anyhow::Result<()> {
 //! let space = Space::new()
@@ -18,11 +20,11 @@
 //!         let lr: f64 = trial.get("lr")?;
 //!         for step in 1..=10 {
 //!             let loss = lr * 100.0 / step as f64;
-//!             if trial.report(step, [("loss", loss)]).await != rung::Decision::Continue {
+//!             if trial.report(step, [("loss", loss)]).await != Decision::Continue {
 //!                 break;
 //!             }
 //!         }
-//!         Ok::<(), rung::CoreError>(())
+//!         Ok::<(), tune_runtime::Error>(())
 //!     })
 //!     .await?;
 //! println!("best: {:?}", result.best().map(|t| &t.config));

@@ -225,12 +225,46 @@ mod tests {
 
     #[test]
     fn matches_the_python_trial_of_the_quickstart() {
-        // Values printed by examples/trials/learning_curve.py's loss() for the same arguments.
-        for (lr, batch, layers, dropout, t, expected) in [
-            (0.001, 32, 7, 0.3, 81, 0.15763263480873868),
-            (0.05, 256, 1, 0.0, 3, 1.278765930544136),
-            (1e-5, 16, 4, 0.45, 1, 2.2131169534679533),
-        ] {
+        // The oracle is the independent implementation itself: examples/trials/learning_curve.py,
+        // run here on configs spread over the whole space and on the ones of the quickstart.
+        let mut rng = tune_core::rng::stream(11, "oracle");
+        let mut cases: Vec<(f64, u64, u64, f64, u64)> =
+            vec![(0.001, 32, 7, 0.3, 81), (0.05, 256, 1, 0.0, 3), (1e-5, 16, 4, 0.45, 1)];
+        for _ in 0..200 {
+            use rand::Rng;
+            let lr = 10f64.powf(rng.random_range(-5.0..-1.0));
+            let batch = [16, 32, 64, 128, 256][rng.random_range(0..5)];
+            cases.push((
+                lr,
+                batch,
+                rng.random_range(1..=8),
+                rng.random_range(0.0..0.5),
+                rng.random_range(1..=81),
+            ));
+        }
+        let calls: Vec<String> = cases
+            .iter()
+            .map(|(lr, batch, layers, dropout, t)| {
+                format!("print(repr(lc.loss({lr:?}, {batch}, {layers}, {dropout:?}, {t})))")
+            })
+            .collect();
+        let trials = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/trials");
+        let program = format!(
+            "import sys\nsys.path.insert(0, {trials:?})\nimport learning_curve as lc\n{}",
+            calls.join("\n")
+        );
+        let output = std::process::Command::new("python3")
+            .args(["-c", &program])
+            .output()
+            .expect("python3 runs (the trial script's interpreter)");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let expected: Vec<f64> = String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| line.parse().unwrap())
+            .collect();
+        assert_eq!(expected.len(), cases.len());
+        for ((lr, batch, layers, dropout, t), expected) in cases.into_iter().zip(expected) {
             let loss = LearningCurve {
                 lr,
                 batch,
@@ -238,7 +272,10 @@ mod tests {
                 dropout,
             }
             .loss(t);
-            assert!((loss - expected).abs() < 1e-12, "{loss} != {expected}");
+            assert!(
+                (loss - expected).abs() < 1e-12,
+                "lr={lr} batch={batch} layers={layers} dropout={dropout} t={t}: {loss} != {expected}"
+            );
         }
     }
 

@@ -28,9 +28,35 @@ pub struct ReportLine {
     pub ignored: Vec<String>,
 }
 
+/// Why a report line is malformed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReportLineError {
+    /// The payload is not JSON (bare `NaN` and `Infinity` aside).
+    #[error("not valid JSON: {reason}")]
+    NotJson {
+        /// What the JSON parser said.
+        reason: String,
+    },
+    /// The payload is JSON but not an object.
+    #[error("expected a JSON object")]
+    NotAnObject,
+    /// `step` is not a non-negative integer.
+    #[error("\"step\" must be a non-negative integer, got {got}")]
+    BadStep {
+        /// The value given.
+        got: serde_json::Value,
+    },
+    /// `checkpoint` is not a boolean.
+    #[error("\"checkpoint\" must be true or false, got {got}")]
+    BadCheckpoint {
+        /// The value given.
+        got: serde_json::Value,
+    },
+}
+
 /// Parses a line of a trial's stdout: `None` when it is not a report line, `Some(Err(why))`
 /// when it is one but malformed.
-pub fn parse_report_line(line: &str) -> Option<Result<ReportLine, String>> {
+pub fn parse_report_line(line: &str) -> Option<Result<ReportLine, ReportLineError>> {
     let rest = line.trim_end().strip_prefix(REPORT_PREFIX)?;
     if !rest.is_empty() && !rest.starts_with(char::is_whitespace) {
         return None;
@@ -38,11 +64,11 @@ pub fn parse_report_line(line: &str) -> Option<Result<ReportLine, String>> {
     Some(parse_payload(rest.trim()))
 }
 
-fn parse_payload(payload: &str) -> Result<ReportLine, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(&quote_non_finite(payload)).map_err(|e| format!("not valid JSON: {e}"))?;
+fn parse_payload(payload: &str) -> Result<ReportLine, ReportLineError> {
+    let value: serde_json::Value = serde_json::from_str(&quote_non_finite(payload))
+        .map_err(|e| ReportLineError::NotJson { reason: e.to_string() })?;
     let serde_json::Value::Object(map) = value else {
-        return Err("expected a JSON object".into());
+        return Err(ReportLineError::NotAnObject);
     };
     let mut line = ReportLine {
         step: None,
@@ -61,13 +87,13 @@ fn parse_payload(payload: &str) -> Result<ReportLine, String> {
                             .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.0e15)
                             .map(|f| f as u64)
                     })
-                    .ok_or_else(|| format!("\"step\" must be a non-negative integer, got {value}"))?;
+                    .ok_or_else(|| ReportLineError::BadStep { got: value.clone() })?;
                 line.step = Some(step);
             }
             "checkpoint" => {
                 line.checkpoint = value
                     .as_bool()
-                    .ok_or_else(|| format!("\"checkpoint\" must be true or false, got {value}"))?;
+                    .ok_or_else(|| ReportLineError::BadCheckpoint { got: value.clone() })?;
             }
             _ => match metrics_serde::decode(&value) {
                 Some(number) => {
@@ -152,18 +178,17 @@ mod tests {
     fn other_lines_are_not_reports_and_bad_ones_say_why() {
         assert_eq!(parse_report_line("epoch 3 done"), None);
         assert_eq!(parse_report_line("rung:reporter {}"), None);
-        assert_eq!(
-            parse_report_line("rung:report [1, 2]"),
-            Some(Err("expected a JSON object".into()))
-        );
+        let why = |line: &str| parse_report_line(line).map(|parsed| parsed.map_err(|error| error.to_string()));
+        assert_eq!(why("rung:report [1, 2]"), Some(Err("expected a JSON object".into())));
         assert!(
             parse_report_line("rung:report {loss: 1}")
                 .unwrap()
                 .unwrap_err()
+                .to_string()
                 .starts_with("not valid JSON")
         );
         assert_eq!(
-            parse_report_line(r#"rung:report {"step": -1, "loss": 1}"#),
+            why(r#"rung:report {"step": -1, "loss": 1}"#),
             Some(Err("\"step\" must be a non-negative integer, got -1".into()))
         );
     }

@@ -17,7 +17,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::error::{Error, Result};
-use crate::value::{Config, Value};
+use crate::value::{Config, Value, dotted};
 
 /// Where one parameter's values come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,39 +125,40 @@ pub struct GridAxis {
     pub values: Vec<Value>,
 }
 
+/// Writes one checked constructor per numeric domain from a table of `name => Variant { field:
+/// type, ... }` rows: `Domain::uniform(0.0, 1.0)` is `Domain::Uniform { low: 0.0, high: 1.0 }`,
+/// validated.
+macro_rules! numeric_constructors {
+    ($($(#[$doc:meta])* $name:ident => $variant:ident { $($field:ident: $type:ty),+ };)+) => {
+        $(
+            $(#[$doc])*
+            pub fn $name($($field: $type),+) -> Result<Self> {
+                Domain::$variant { $($field),+ }.validated("")
+            }
+        )+
+    };
+}
+
 impl Domain {
-    /// `uniform(low, high)`.
-    pub fn uniform(low: f64, high: f64) -> Result<Self> {
-        Domain::Uniform { low, high }.validated("")
+    numeric_constructors! {
+        /// `uniform(low, high)`.
+        uniform => Uniform { low: f64, high: f64 };
+        /// `quniform(low, high, q)`.
+        quniform => QUniform { low: f64, high: f64, q: f64 };
+        /// `loguniform(low, high)`.
+        loguniform => LogUniform { low: f64, high: f64 };
+        /// `qloguniform(low, high, q)`.
+        qloguniform => QLogUniform { low: f64, high: f64, q: f64 };
+        /// `randint(low, high)`, high exclusive.
+        randint => RandInt { low: i64, high: i64 };
+        /// `qrandint(low, high, q)`, high inclusive.
+        qrandint => QRandInt { low: i64, high: i64, q: i64 };
+        /// `lograndint(low, high)`, high exclusive.
+        lograndint => LogRandInt { low: i64, high: i64 };
+        /// `normal(mu, sigma)`.
+        normal => Normal { mu: f64, sigma: f64 };
     }
-    /// `quniform(low, high, q)`.
-    pub fn quniform(low: f64, high: f64, q: f64) -> Result<Self> {
-        Domain::QUniform { low, high, q }.validated("")
-    }
-    /// `loguniform(low, high)`.
-    pub fn loguniform(low: f64, high: f64) -> Result<Self> {
-        Domain::LogUniform { low, high }.validated("")
-    }
-    /// `qloguniform(low, high, q)`.
-    pub fn qloguniform(low: f64, high: f64, q: f64) -> Result<Self> {
-        Domain::QLogUniform { low, high, q }.validated("")
-    }
-    /// `randint(low, high)`, high exclusive.
-    pub fn randint(low: i64, high: i64) -> Result<Self> {
-        Domain::RandInt { low, high }.validated("")
-    }
-    /// `qrandint(low, high, q)`, high inclusive.
-    pub fn qrandint(low: i64, high: i64, q: i64) -> Result<Self> {
-        Domain::QRandInt { low, high, q }.validated("")
-    }
-    /// `lograndint(low, high)`, high exclusive.
-    pub fn lograndint(low: i64, high: i64) -> Result<Self> {
-        Domain::LogRandInt { low, high }.validated("")
-    }
-    /// `normal(mu, sigma)`.
-    pub fn normal(mu: f64, sigma: f64) -> Result<Self> {
-        Domain::Normal { mu, sigma }.validated("")
-    }
+
     /// `choice([...])` over plain values.
     pub fn choice<V: Into<Value>>(options: impl IntoIterator<Item = V>) -> Result<Self> {
         Domain::Choice(options.into_iter().map(|v| Domain::Fixed(v.into())).collect()).validated("")
@@ -462,11 +463,7 @@ impl Space {
     pub fn grid_axes(&self) -> Vec<GridAxis> {
         fn walk(prefix: &str, space: &Space, out: &mut Vec<GridAxis>) {
             for (name, domain) in &space.params {
-                let dotted = if prefix.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{prefix}.{name}")
-                };
+                let dotted = dotted(prefix, name);
                 match domain {
                     Domain::Grid(values) => out.push(GridAxis {
                         name: dotted,
@@ -514,11 +511,7 @@ impl Space {
         self.params
             .iter()
             .map(|(name, domain)| {
-                let dotted = if prefix.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{prefix}.{name}")
-                };
+                let dotted = dotted(prefix, name);
                 (name.clone(), domain.sample_at(&dotted, rng, grid))
             })
             .collect()
@@ -900,50 +893,55 @@ mod tests {
 
     #[test]
     fn invalid_domains_name_parameter_and_value() {
-        assert_eq!(
-            err(json!({"lr": {"loguniform": [0, 0.1]}})),
-            "parameter \"lr\": loguniform needs 0 < low < high, got low=0, high=0.1"
-        );
-        assert_eq!(
-            err(json!({"x": {"uniform": [2, 1]}})),
-            "parameter \"x\": uniform needs low < high, got low=2, high=1"
-        );
-        assert_eq!(
-            err(json!({"x": {"quniform": [0, 1, 0]}})),
-            "parameter \"x\": quniform needs q > 0, got q=0"
-        );
-        assert_eq!(
-            err(json!({"x": {"choice": []}})),
-            "parameter \"x\": choice needs at least one option, got an empty list"
-        );
-        assert_eq!(
-            err(json!({"x": {"normal": [0, 0]}})),
-            "parameter \"x\": normal needs sigma > 0, got sigma=0"
-        );
-        assert_eq!(
-            err(json!({"x": {"randint": [3, 3]}})),
-            "parameter \"x\": randint needs low < high (high is exclusive), got low=3, high=3"
-        );
-        assert_eq!(
-            err(json!({"x": {"logunifrom": [1, 2]}})),
-            "parameter \"x\": unknown domain \"logunifrom\" (did you mean \"loguniform\"?)"
-        );
-        assert_eq!(
-            err(json!({"x": {"uniform": [1]}})),
-            "parameter \"x\": uniform takes [low, high], got 1 values"
-        );
-        assert_eq!(
-            err(json!({"x": {"randint": [1.5, 3]}})),
-            "parameter \"x\": randint needs an integer for low, got 1.5"
-        );
-        assert_eq!(
-            err(json!({"opt": {"choice": [{"name": "sgd", "m": {"uniform": [1, 0]}}]}})),
-            "parameter \"opt[0].m\": uniform needs low < high, got low=1, high=0"
-        );
-        assert_eq!(
-            err(json!({"x": {"qrandint": [1, 4, 5]}})),
-            "parameter \"x\": qrandint has no multiple of q=5 in [1, 4]"
-        );
+        let cases = [
+            (
+                json!({"lr": {"loguniform": [0, 0.1]}}),
+                "parameter \"lr\": loguniform needs 0 < low < high, got low=0, high=0.1",
+            ),
+            (
+                json!({"x": {"uniform": [2, 1]}}),
+                "parameter \"x\": uniform needs low < high, got low=2, high=1",
+            ),
+            (
+                json!({"x": {"quniform": [0, 1, 0]}}),
+                "parameter \"x\": quniform needs q > 0, got q=0",
+            ),
+            (
+                json!({"x": {"choice": []}}),
+                "parameter \"x\": choice needs at least one option, got an empty list",
+            ),
+            (
+                json!({"x": {"normal": [0, 0]}}),
+                "parameter \"x\": normal needs sigma > 0, got sigma=0",
+            ),
+            (
+                json!({"x": {"randint": [3, 3]}}),
+                "parameter \"x\": randint needs low < high (high is exclusive), got low=3, high=3",
+            ),
+            (
+                json!({"x": {"logunifrom": [1, 2]}}),
+                "parameter \"x\": unknown domain \"logunifrom\" (did you mean \"loguniform\"?)",
+            ),
+            (
+                json!({"x": {"uniform": [1]}}),
+                "parameter \"x\": uniform takes [low, high], got 1 values",
+            ),
+            (
+                json!({"x": {"randint": [1.5, 3]}}),
+                "parameter \"x\": randint needs an integer for low, got 1.5",
+            ),
+            (
+                json!({"opt": {"choice": [{"name": "sgd", "m": {"uniform": [1, 0]}}]}}),
+                "parameter \"opt[0].m\": uniform needs low < high, got low=1, high=0",
+            ),
+            (
+                json!({"x": {"qrandint": [1, 4, 5]}}),
+                "parameter \"x\": qrandint has no multiple of q=5 in [1, 4]",
+            ),
+        ];
+        for (spec, message) in cases {
+            assert_eq!(err(spec), message);
+        }
     }
 
     #[test]

@@ -3,6 +3,16 @@
 use serde::{Deserialize, Serialize};
 pub use serde_json::Value;
 
+/// The dotted name of `name` inside the table at `prefix`: `optimizer.lr`, or just `name` at
+/// the top level (an empty `prefix`).
+pub fn dotted(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
 /// A sampled configuration: a table of parameter names to values, possibly nested
 /// (a `choice` whose options are tables yields a nested table).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -24,11 +34,7 @@ impl Config {
     pub fn flatten(&self) -> Vec<(String, &Value)> {
         fn walk<'a>(prefix: &str, map: &'a serde_json::Map<String, Value>, out: &mut Vec<(String, &'a Value)>) {
             for (key, value) in map {
-                let name = if prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{prefix}.{key}")
-                };
+                let name = dotted(prefix, key);
                 match value {
                     Value::Object(inner) => walk(&name, inner, out),
                     leaf => out.push((name, leaf)),

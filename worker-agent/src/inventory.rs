@@ -16,6 +16,73 @@ const MEMINFO_PATH: &str = "/proc/meminfo";
 /// Resource names that are built into every bundle, and the flag that sets each instead.
 const BUILT_IN_RESOURCES: [(&str, &str); 3] = [("cpu", "--cpus"), ("gpu", "--gpus"), ("memory", "--memory")];
 
+/// Why an agent's inventory cannot be built from what the operator gave; every message names the
+/// flag and the text given.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InventoryError {
+    /// `--cpus` is not a finite number above 0.
+    #[error("--cpus {cpus}: must be a finite number above 0")]
+    Cpus {
+        /// The value given.
+        cpus: f64,
+    },
+    /// A `--resource` is not of the form `name=amount`.
+    #[error("--resource {text:?}: expected name=amount, like nvme=1")]
+    NotNameAmount {
+        /// The text given.
+        text: String,
+    },
+    /// A `--resource` text names an invalid custom resource.
+    #[error("--resource {text:?}: {reason}")]
+    Resource {
+        /// The text given.
+        text: String,
+        /// What is wrong with it.
+        reason: CustomResourceError,
+    },
+    /// A custom resource handed to [`detect`] is invalid.
+    #[error("--resource {name}={amount}: {reason}")]
+    Custom {
+        /// Its name.
+        name: String,
+        /// Its amount.
+        amount: f64,
+        /// What is wrong with it.
+        reason: CustomResourceError,
+    },
+}
+
+/// What is wrong with a custom resource's name or amount.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CustomResourceError {
+    /// The name is one of the built-in resources, which have flags of their own.
+    #[error("{name} is built in, set it with {flag}")]
+    BuiltIn {
+        /// The built-in name.
+        name: String,
+        /// The flag that sets it.
+        flag: &'static str,
+    },
+    /// The name is not a lowercase letter followed by lowercase letters, digits or `_`.
+    #[error("the name {name:?} must be a lowercase letter followed by lowercase letters, digits or _")]
+    BadName {
+        /// The name given.
+        name: String,
+    },
+    /// The amount is not a number.
+    #[error("{rule}, got {amount:?}", rule = AMOUNT_RULE)]
+    NotANumber {
+        /// The amount as written.
+        amount: String,
+    },
+    /// The amount is negative or not finite.
+    #[error("{rule}, got {amount}", rule = AMOUNT_RULE)]
+    BadAmount {
+        /// The amount given.
+        amount: f64,
+    },
+}
+
 /// Builds the inventory an agent offers.
 ///
 /// `cpus` defaults to [`std::thread::available_parallelism`] (which honours CPU affinity and
@@ -28,7 +95,7 @@ pub fn detect(
     memory: Option<u64>,
     gpus: Vec<GpuInfo>,
     custom: BTreeMap<String, f64>,
-) -> Result<Inventory, String> {
+) -> Result<Inventory, InventoryError> {
     let detected_cpus = match std::thread::available_parallelism() {
         Ok(count) => count.get() as f64,
         Err(error) => {
@@ -39,7 +106,7 @@ pub fn detect(
     let cpus = match cpus {
         None => detected_cpus,
         Some(cpus) if !cpus.is_finite() || cpus <= 0.0 => {
-            return Err(format!("--cpus {cpus}: must be a finite number above 0"));
+            return Err(InventoryError::Cpus { cpus });
         }
         Some(cpus) => {
             if cpus > detected_cpus {
@@ -71,7 +138,11 @@ pub fn detect(
     };
 
     for (name, amount) in &custom {
-        check_custom(name, *amount).map_err(|reason| format!("--resource {name}={amount}: {reason}"))?;
+        check_custom(name, *amount).map_err(|reason| InventoryError::Custom {
+            name: name.clone(),
+            amount: *amount,
+            reason,
+        })?;
     }
     Ok(Inventory {
         cpus,
@@ -106,15 +177,21 @@ fn parse_meminfo_total(text: &str) -> Option<u64> {
 ///
 /// The name is a lowercase letter followed by lowercase letters, digits or `_`, and not one of
 /// the built-in `cpu`, `gpu`, `memory`; the amount is a finite number `>= 0`.
-pub fn parse_custom(text: &str) -> Result<(String, f64), String> {
+pub fn parse_custom(text: &str) -> Result<(String, f64), InventoryError> {
     let Some((name, amount)) = text.split_once('=') else {
-        return Err(format!("--resource {text:?}: expected name=amount, like nvme=1"));
+        return Err(InventoryError::NotNameAmount { text: text.to_owned() });
+    };
+    let invalid = |reason| InventoryError::Resource {
+        text: text.to_owned(),
+        reason,
     };
     let (name, amount) = (name.trim(), amount.trim());
-    let amount: f64 = amount
-        .parse()
-        .map_err(|_| format!("--resource {text:?}: {AMOUNT_RULE}, got {amount:?}"))?;
-    check_custom(name, amount).map_err(|reason| format!("--resource {text:?}: {reason}"))?;
+    let amount: f64 = amount.parse().map_err(|_| {
+        invalid(CustomResourceError::NotANumber {
+            amount: amount.to_owned(),
+        })
+    })?;
+    check_custom(name, amount).map_err(invalid)?;
     Ok((name.to_owned(), amount))
 }
 
@@ -122,20 +199,21 @@ pub fn parse_custom(text: &str) -> Result<(String, f64), String> {
 const AMOUNT_RULE: &str = "the amount must be a finite number >= 0";
 
 /// Checks a custom resource's name and amount; `Err` says what is wrong.
-fn check_custom(name: &str, amount: f64) -> Result<(), String> {
+fn check_custom(name: &str, amount: f64) -> Result<(), CustomResourceError> {
     if let Some((_, flag)) = BUILT_IN_RESOURCES.iter().find(|(built_in, _)| *built_in == name) {
-        return Err(format!("{name} is built in, set it with {flag}"));
+        return Err(CustomResourceError::BuiltIn {
+            name: name.to_owned(),
+            flag,
+        });
     }
     let mut characters = name.chars();
     let starts_with_letter = characters.next().is_some_and(|first| first.is_ascii_lowercase());
     if !starts_with_letter || !characters.all(|rest| rest.is_ascii_lowercase() || rest.is_ascii_digit() || rest == '_')
     {
-        return Err(format!(
-            "the name {name:?} must be a lowercase letter followed by lowercase letters, digits or _"
-        ));
+        return Err(CustomResourceError::BadName { name: name.to_owned() });
     }
     if !amount.is_finite() || amount < 0.0 {
-        return Err(format!("{AMOUNT_RULE}, got {amount}"));
+        return Err(CustomResourceError::BadAmount { amount });
     }
     Ok(())
 }
@@ -262,7 +340,10 @@ Buffers:          123456 kB
     fn detect_rejects_cpus_that_are_not_positive() {
         for cpus in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             let error = detect(Some(cpus), None, Vec::new(), BTreeMap::new()).unwrap_err();
-            assert_eq!(error, format!("--cpus {cpus}: must be a finite number above 0"));
+            assert_eq!(
+                error.to_string(),
+                format!("--cpus {cpus}: must be a finite number above 0")
+            );
         }
     }
 
@@ -270,7 +351,10 @@ Buffers:          123456 kB
     fn detect_rejects_invalid_custom_entries() {
         let custom = BTreeMap::from([("gpu".to_owned(), 1.0)]);
         let error = detect(None, None, Vec::new(), custom).unwrap_err();
-        assert_eq!(error, "--resource gpu=1: gpu is built in, set it with --gpus");
+        assert_eq!(
+            error.to_string(),
+            "--resource gpu=1: gpu is built in, set it with --gpus"
+        );
     }
 
     #[test]
@@ -328,7 +412,11 @@ Buffers:          123456 kB
             ),
         ];
         for (text, expected) in cases {
-            assert_eq!(parse_custom(text), Err(expected.to_owned()), "{text}");
+            assert_eq!(
+                parse_custom(text).map_err(|error| error.to_string()),
+                Err(expected.to_owned()),
+                "{text}"
+            );
         }
     }
 
