@@ -12,12 +12,12 @@ pub use tune_server as server;
 pub use tune_sweep::{Error, Result, Spec, error, progress, simulate, spec, tuner, workloads};
 pub use tune_tracking as tracking;
 
-/// The engine's error: a bad space or setting, the store, the file system (what a trial closure's
-/// `?` meets).
-pub use tune_runtime::Error as CoreError;
 pub use tune_core::space::{Domain, Space};
 pub use tune_core::trial::{Decision, Mode, TrialId, TrialStatus};
 pub use tune_core::value::Config;
+/// The engine's error: a bad space or setting, the store, the file system (what a trial closure's
+/// `?` meets).
+pub use tune_runtime::Error as CoreError;
 pub use tune_runtime::driver::DriverHandle as SweepHandle;
 pub use tune_runtime::runner::TrialContext;
 pub use tune_schedulers::SchedulerConfig;

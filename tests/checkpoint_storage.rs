@@ -91,6 +91,8 @@ fn trial_log(trials_root: &Path, trial: &str) -> String {
 
 #[test]
 fn a_local_sweep_uploads_keeps_the_newest_and_restores_from_the_store() {
+    let _deadline = common::deadline(Duration::from_secs(300));
+    let _group = common::light();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("s3").join(BUCKET)).unwrap();
     let server = S3Server::start(&dir.path().join("s3"), 0, None);
@@ -149,6 +151,8 @@ fn a_local_sweep_uploads_keeps_the_newest_and_restores_from_the_store() {
 
 #[test]
 fn an_upload_cut_by_a_dying_server_is_retried_and_recorded_only_once_whole() {
+    let _deadline = common::deadline(Duration::from_secs(300));
+    let _group = common::light();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("s3").join(BUCKET)).unwrap();
     // Writes: step 1's three files and marker, then the server dies on step 2's second file.
@@ -196,6 +200,8 @@ fn an_upload_cut_by_a_dying_server_is_retried_and_recorded_only_once_whole() {
 
 #[test]
 fn a_checkpoint_that_cannot_be_uploaded_is_left_out_and_the_report_kept() {
+    let _deadline = common::deadline(Duration::from_secs(300));
+    let _group = common::light();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("s3").join(BUCKET)).unwrap();
     let mut server = S3Server::start(&dir.path().join("s3"), 0, Some(5));
@@ -232,6 +238,8 @@ fn a_checkpoint_that_cannot_be_uploaded_is_left_out_and_the_report_kept() {
 
 #[test]
 fn bad_storage_settings_are_refused_naming_the_setting() {
+    let _deadline = common::deadline(Duration::from_secs(300));
+    let _group = common::light();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("s3").join(BUCKET)).unwrap();
     let server = S3Server::start(&dir.path().join("s3"), 0, None);
@@ -296,6 +304,8 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::Exit
 
 #[test]
 fn a_trial_moves_to_another_agent_that_shares_no_disk_and_restores_from_the_store() {
+    let _deadline = common::deadline(Duration::from_secs(300));
+    let _group = common::light();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("s3").join(BUCKET)).unwrap();
     let server = S3Server::start(&dir.path().join("s3"), 0, None);
@@ -396,6 +406,8 @@ fn a_trial_moves_to_another_agent_that_shares_no_disk_and_restores_from_the_stor
 
 #[test]
 fn a_server_refuses_an_experiment_whose_store_it_cannot_reach() {
+    let _deadline = common::deadline(Duration::from_secs(300));
+    let _group = common::light();
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path(), "unreachable", 1, "");
     let mut serve = rung();

@@ -2,11 +2,14 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Sandbox, json, learning_curve_spec, stderr, stdout};
 use rung::tune_core::trial::TrialStatus;
 
 #[test]
 fn a_sweep_runs_and_status_best_export_agree() {
+    let _deadline = common::deadline(Duration::from_secs(180));
     let sandbox = Sandbox::new();
     sandbox.write(
         "spec.toml",
@@ -79,6 +82,7 @@ fn a_sweep_runs_and_status_best_export_agree() {
 
 #[test]
 fn the_same_seed_gives_the_same_export() {
+    let _deadline = common::deadline(Duration::from_secs(180));
     let sandbox = Sandbox::new();
     sandbox.write(
         "spec.toml",
@@ -128,6 +132,7 @@ fn assert_bad_spec(sandbox: &Sandbox, spec: &str, expected: &[&str]) {
 
 #[test]
 fn bad_specs_are_rejected_with_clear_errors_and_exit_2() {
+    let _deadline = common::deadline(Duration::from_secs(180));
     let sandbox = Sandbox::new();
     let good = learning_curve_spec("num_samples = 2", &[], "");
     assert_bad_spec(
@@ -182,6 +187,7 @@ fn bad_specs_are_rejected_with_clear_errors_and_exit_2() {
 
 #[test]
 fn json_specs_work_and_their_errors_have_positions() {
+    let _deadline = common::deadline(Duration::from_secs(180));
     let sandbox = Sandbox::new();
     let spec = serde_json::json!({
         "name": "from-json", "metric": "loss", "mode": "min", "num_samples": 2, "seed": 1,
@@ -214,6 +220,7 @@ fn json_specs_work_and_their_errors_have_positions() {
 
 #[test]
 fn resume_refuses_what_is_not_a_rung_store_without_touching_it() {
+    let _deadline = common::deadline(Duration::from_secs(180));
     let sandbox = Sandbox::new();
     let notes = sandbox.write("notes.txt", "not a database");
     let output = sandbox.rung(&["resume", "--db", "notes.txt"]);
@@ -271,6 +278,7 @@ sys.exit(5)
 
 #[test]
 fn malformed_reports_missing_metrics_nan_and_crashes_are_each_handled() {
+    let _deadline = common::deadline(Duration::from_secs(180));
     let sandbox = Sandbox::new();
     sandbox.write("flaky.py", FLAKY_TRIAL);
     sandbox.write(
@@ -342,6 +350,7 @@ max_failures = 1
 
 #[test]
 fn every_trial_erroring_is_a_failure() {
+    let _deadline = common::deadline(Duration::from_secs(180));
     let sandbox = Sandbox::new();
     sandbox.write(
         "spec.toml",
@@ -360,6 +369,7 @@ fn every_trial_erroring_is_a_failure() {
 
 #[test]
 fn failed_trials_retry_from_their_last_checkpoint() {
+    let _deadline = common::deadline(Duration::from_secs(180));
     let sandbox = Sandbox::new();
     sandbox.write(
         "spec.toml",
@@ -406,6 +416,7 @@ fn failed_trials_retry_from_their_last_checkpoint() {
 
 #[test]
 fn a_target_ends_the_sweep_early() {
+    let _deadline = common::deadline(Duration::from_secs(180));
     let sandbox = Sandbox::new();
     sandbox.write(
         "spec.toml",
@@ -426,6 +437,7 @@ fn a_target_ends_the_sweep_early() {
 
 #[test]
 fn a_time_budget_ends_an_unbounded_sweep_and_stops_running_trials() {
+    let _deadline = common::deadline(Duration::from_secs(180));
     let sandbox = Sandbox::new();
     sandbox.write(
         "spec.toml",
@@ -449,6 +461,7 @@ fn a_time_budget_ends_an_unbounded_sweep_and_stops_running_trials() {
 
 #[test]
 fn a_pausing_scheduler_with_trials_that_never_checkpoint_warns_and_stops_them() {
+    let _deadline = common::deadline(Duration::from_secs(180));
     let sandbox = Sandbox::new();
     let spec = learning_curve_spec(
         "num_samples = 4\nmax_concurrent = 2",

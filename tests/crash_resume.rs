@@ -110,6 +110,7 @@ fn spawn(sandbox: &Sandbox, args: &[&str]) -> Child {
 
 #[test]
 fn a_sweep_killed_with_sigkill_resumes_exactly() {
+    let _deadline = common::deadline(Duration::from_secs(300));
     let sandbox = Sandbox::new();
     let script = sandbox.path("trials/learning_curve.py").display().to_string();
     let spec = common::learning_curve_spec(
@@ -251,6 +252,7 @@ fn a_sweep_killed_with_sigkill_resumes_exactly() {
 
 #[test]
 fn ctrl_c_stops_the_sweep_for_now_and_resume_finishes_it() {
+    let _deadline = common::deadline(Duration::from_secs(300));
     let sandbox = Sandbox::new();
     sandbox.write(
         "spec.toml",
@@ -310,6 +312,7 @@ fn ctrl_c_stops_the_sweep_for_now_and_resume_finishes_it() {
 
 #[test]
 fn a_pausing_scheduler_survives_sigkill_and_resumes() {
+    let _deadline = common::deadline(Duration::from_secs(300));
     let sandbox = Sandbox::new();
     let spec = common::learning_curve_spec(
         "num_samples = 9\nmax_concurrent = 3",

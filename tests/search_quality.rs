@@ -28,13 +28,16 @@ fn median_best(searcher: &SearcherConfig, evaluations: usize, seeds: u64) -> f64
 
 #[test]
 fn tpe_and_gp_beat_random_search_on_branin() {
-    let random = median_best(&SearcherConfig::Random {}, 40, 5);
-    let tpe = median_best(&serde_json::from_str(r#"{"kind": "tpe"}"#).unwrap(), 40, 5);
+    // Over 21 seeds, random search's median best after 40 draws is about 1.4 (minimum 0.398)
+    // and TPE's about 0.68. TPE must beat random by a real margin, not by luck: a TPE no better
+    // than random fails this on these seeds.
+    let random = median_best(&SearcherConfig::Random {}, 40, 21);
+    let tpe = median_best(&serde_json::from_str(r#"{"kind": "tpe"}"#).unwrap(), 40, 21);
+    assert!(tpe < random * 0.75, "tpe {tpe} vs random {random}");
+    // GP is slower per ask; five seeds, with its own margin and an absolute bound.
+    let random_5 = median_best(&SearcherConfig::Random {}, 40, 5);
     let gp = median_best(&serde_json::from_str(r#"{"kind": "gp"}"#).unwrap(), 40, 5);
-    // Random search's median best after 40 draws is around 1.0 (minimum 0.398); a working
-    // model-based searcher gets well below it. The margins are loose on purpose.
-    assert!(tpe < random, "tpe {tpe} vs random {random}");
-    assert!(gp < random * 0.8, "gp {gp} vs random {random}");
+    assert!(gp < random_5 * 0.8, "gp {gp} vs random {random_5}");
     assert!(gp < 0.6, "gp {gp}");
 }
 

@@ -279,6 +279,8 @@ fn assert_reports_complete(db: &Path, experiment: &str) -> usize {
 
 #[test]
 fn three_agents_run_a_gpu_sweep_without_overcommitting_a_device() {
+    let _deadline = common::deadline(Duration::from_secs(420));
+    let _group = common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let spec = asha_spec(dir, "gpu-asha", 200, "{ cpu = 0.5, gpu = 0.25 }");
@@ -358,6 +360,8 @@ fn three_agents_run_a_gpu_sweep_without_overcommitting_a_device() {
 
 #[test]
 fn a_killed_agent_s_trials_resume_elsewhere_and_a_restarted_controller_loses_nothing() {
+    let _deadline = common::deadline(Duration::from_secs(420));
+    let _group = common::light();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let spec = asha_spec(dir, "survive", 40, "{ cpu = 1, gpu = 0.5 }");
@@ -413,6 +417,8 @@ fn a_killed_agent_s_trials_resume_elsewhere_and_a_restarted_controller_loses_not
 
 #[test]
 fn tokens_are_required_and_garbage_does_not_take_the_server_down() {
+    let _deadline = common::deadline(Duration::from_secs(420));
+    let _group = common::light();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     std::fs::write(dir.join("token"), "s3cret-token\n").unwrap();
@@ -467,6 +473,8 @@ fn tokens_are_required_and_garbage_does_not_take_the_server_down() {
 
 #[test]
 fn external_workers_ask_report_idempotently_and_get_precise_errors() {
+    let _deadline = common::deadline(Duration::from_secs(420));
+    let _group = common::light();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let spec = ask_spec(dir, 2);
@@ -544,6 +552,8 @@ fn external_workers_ask_report_idempotently_and_get_precise_errors() {
 
 #[test]
 fn tls_serves_agents_and_the_cli_and_sigterm_shuts_down_cleanly() {
+    let _deadline = common::deadline(Duration::from_secs(420));
+    let _group = common::light();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
@@ -590,6 +600,8 @@ fn tls_serves_agents_and_the_cli_and_sigterm_shuts_down_cleanly() {
 
 #[test]
 fn spread_runs_one_process_per_bundle_on_distinct_agents() {
+    let _deadline = common::deadline(Duration::from_secs(420));
+    let _group = common::light();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let spec = asha_spec(dir, "spread", 4, "[{ cpu = 1, gpu = 1 }, { cpu = 1, gpu = 1 }]");
@@ -632,6 +644,8 @@ fn spread_runs_one_process_per_bundle_on_distinct_agents() {
 
 #[test]
 fn sigterm_mid_sweep_stops_trials_commits_and_a_restart_finishes_the_sweep() {
+    let _deadline = common::deadline(Duration::from_secs(420));
+    let _group = common::light();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let spec = asha_spec(dir, "paused", 24, "{ cpu = 1, gpu = 0.5 }");
@@ -667,6 +681,8 @@ fn sigterm_mid_sweep_stops_trials_commits_and_a_restart_finishes_the_sweep() {
 
 #[test]
 fn a_silent_worker_s_trial_is_handed_out_again() {
+    let _deadline = common::deadline(Duration::from_secs(420));
+    let _group = common::light();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let spec = ask_spec(dir, 1);
@@ -734,6 +750,8 @@ fn http_status(address: &str, path: &str) -> String {
 
 #[tokio::test]
 async fn health_answers_without_a_token_while_rung_services_still_require_one() {
+    let _deadline = common::deadline(Duration::from_secs(420));
+    let _group = common::light();
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
@@ -800,6 +818,8 @@ async fn health_answers_without_a_token_while_rung_services_still_require_one() 
 
 #[test]
 fn agent_health_endpoint_is_ready_only_while_it_has_a_session() {
+    let _deadline = common::deadline(Duration::from_secs(420));
+    let _group = common::light();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let (mut server, url) = serve(dir, "127.0.0.1:0", &[]);

@@ -87,11 +87,13 @@ fn replay_matches(searcher: &str, scheduler: &str, num_samples: u64) {
 
 #[test]
 fn replay_reproduces_fifo_exactly() {
+    let _deadline = common::deadline(Duration::from_secs(300));
     replay_matches_the_uninterrupted_run("kind = \"fifo\"", 40);
 }
 
 #[test]
 fn replay_reproduces_asha_stop_exactly() {
+    let _deadline = common::deadline(Duration::from_secs(300));
     replay_matches_the_uninterrupted_run(
         "kind = \"asha\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3\nbrackets = 3",
         300,
@@ -100,6 +102,7 @@ fn replay_reproduces_asha_stop_exactly() {
 
 #[test]
 fn replay_reproduces_asha_promote_exactly() {
+    let _deadline = common::deadline(Duration::from_secs(300));
     replay_matches_the_uninterrupted_run(
         "kind = \"asha\"\ntype = \"promote\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3",
         200,
@@ -108,21 +111,25 @@ fn replay_reproduces_asha_promote_exactly() {
 
 #[test]
 fn replay_reproduces_hyperband_exactly() {
+    let _deadline = common::deadline(Duration::from_secs(300));
     replay_matches_the_uninterrupted_run("kind = \"hyperband\"\nmax_t = 81\nreduction_factor = 3", 200);
 }
 
 #[test]
 fn replay_reproduces_median_stopping_exactly() {
+    let _deadline = common::deadline(Duration::from_secs(300));
     replay_matches_the_uninterrupted_run("kind = \"median\"\ngrace_period = 3\nmin_samples_required = 3", 100);
 }
 
 #[test]
 fn replay_reproduces_pbt_exactly() {
+    let _deadline = common::deadline(Duration::from_secs(300));
     replay_matches_the_uninterrupted_run("kind = \"pbt\"\nperturbation_interval = 9", 24);
 }
 
 #[test]
 fn replay_reproduces_model_based_searchers_exactly() {
+    let _deadline = common::deadline(Duration::from_secs(300));
     let asha = "kind = \"asha\"\nmax_t = 81\ngrace_period = 1\nreduction_factor = 3";
     replay_matches("kind = \"tpe\"\nconstant_liar = true", asha, 60);
     replay_matches("kind = \"gp\"", asha, 30);
@@ -136,6 +143,7 @@ fn replay_reproduces_model_based_searchers_exactly() {
 
 #[test]
 fn early_stopping_saves_most_of_the_work_and_pbt_exploits() {
+    let _deadline = common::deadline(Duration::from_secs(300));
     let sandbox = Sandbox::new();
     let run = |scheduler: &str, n| {
         let spec = Spec::from_toml_str(&spec(scheduler, n)).unwrap();
@@ -194,6 +202,7 @@ fn early_stopping_saves_most_of_the_work_and_pbt_exploits() {
 
 #[test]
 fn the_same_spec_and_seed_give_byte_identical_exports() {
+    let _deadline = common::deadline(Duration::from_secs(300));
     let sandbox = Sandbox::new();
     sandbox.write("sim.toml", &spec("kind = \"fifo\"", 30));
     let mut exports = Vec::new();
@@ -214,6 +223,7 @@ fn the_same_spec_and_seed_give_byte_identical_exports() {
 
 #[test]
 fn simulate_refuses_specs_without_a_workload_and_run_refuses_simulated_specs() {
+    let _deadline = common::deadline(Duration::from_secs(300));
     let sandbox = Sandbox::new();
     sandbox.write("sim.toml", &spec("kind = \"fifo\"", 3));
     let run = sandbox.rung(&["run", "sim.toml"]);
@@ -238,6 +248,7 @@ fn simulate_refuses_specs_without_a_workload_and_run_refuses_simulated_specs() {
 
 #[test]
 fn every_example_spec_is_valid() {
+    let _deadline = common::deadline(Duration::from_secs(300));
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut specs: Vec<_> = std::fs::read_dir(examples.join("simulate"))
         .unwrap()

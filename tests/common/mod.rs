@@ -164,3 +164,38 @@ impl Drop for Proc {
         }
     }
 }
+
+/// A test's deadline: dropped when the test ends. If the test is still running when the time is
+/// up (a process that never exits, a line never printed), the test binary says which test hung
+/// and exits with a failure, rather than stalling the suite until CI's own limit.
+pub struct Deadline {
+    _ended: std::sync::mpsc::Sender<()>,
+}
+
+/// Starts the deadline of the calling test (its thread carries the test's name).
+pub fn deadline(limit: Duration) -> Deadline {
+    let name = std::thread::current().name().unwrap_or("a test").to_owned();
+    let (ended, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+            eprintln!("test {name} is still running after its deadline of {limit:?}: it hangs; failing the run");
+            std::process::exit(124);
+        }
+    });
+    Deadline { _ended: ended }
+}
+
+static PROCESS_TESTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// For a test that starts many processes at once (a 200-trial sweep on three agents): it runs
+/// alone, never beside the other process-starting tests of its binary, whose timing it would
+/// starve on a two-core machine.
+pub fn heavy() -> std::sync::RwLockWriteGuard<'static, ()> {
+    PROCESS_TESTS.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// For a test that starts a few processes: it runs beside others like it, never beside a
+/// [`heavy`] one.
+pub fn light() -> std::sync::RwLockReadGuard<'static, ()> {
+    PROCESS_TESTS.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
