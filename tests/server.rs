@@ -751,7 +751,6 @@ fn http_status(address: &str, path: &str) -> String {
 #[tokio::test]
 async fn health_answers_without_a_token_while_rung_services_still_require_one() {
     let _deadline = common::deadline(Duration::from_secs(420));
-    let _group = common::light();
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
