@@ -265,20 +265,18 @@ fn print_status(view: &View, json: bool) {
 
 fn print_status_json(view: &View, summary: &StatusSummary) {
     let (info, spec, trials) = (&view.info, &view.spec, view.trials.as_slice());
-    let StatusSummary {
-        counts,
-        best,
-        state,
-        waiting,
-    } = summary;
     let mut out = json!({
-        "experiment": info.name, "state": state, "end_cause": info.end_cause, "seed": info.seed,
+        "experiment": info.name, "state": summary.state, "end_cause": info.end_cause, "seed": info.seed,
         "elapsed_s": info.elapsed_ms as f64 / 1000.0, "metric": spec.metric, "mode": spec.mode,
-        "trials": trials.len(), "counts": counts,
-        "best": best.map(|(trial, (value, step))| json!({"trial": trial.to_string(), "value": metrics_serde::encode(value), "step": step})),
+        "trials": trials.len(), "counts": summary.counts,
+        "best": summary.best.map(|(trial, (value, step))| json!({"trial": trial.to_string(), "value": metrics_serde::encode(value), "step": step})),
     });
     if let Some(status) = &view.remote {
-        out["waiting"] = waiting.iter().map(|(t, r)| json!({"trial": t, "reason": r})).collect();
+        out["waiting"] = summary
+            .waiting
+            .iter()
+            .map(|(t, r)| json!({"trial": t, "reason": r}))
+            .collect();
         out["agents"] = status
                 .agents
                 .iter()
@@ -290,20 +288,15 @@ fn print_status_json(view: &View, summary: &StatusSummary) {
 
 fn print_status_text(view: &View, summary: &StatusSummary) {
     let (info, spec, trials) = (&view.info, &view.spec, view.trials.as_slice());
-    let StatusSummary {
-        counts,
-        best,
-        state,
-        waiting,
-    } = summary;
     println!("experiment  {} (seed {})", info.name, info.seed);
     match (&info.end_cause, &view.remote) {
         (Some(cause), _) if info.is_finished() => println!("state       finished: {cause}"),
-        (_, Some(_)) => println!("state       {state} on {}", view.source),
+        (_, Some(_)) => println!("state       {} on {}", summary.state, view.source),
         _ => println!("state       unfinished — resume with: rung resume --db {}", view.source),
     }
     println!("elapsed     {:.1}s", info.elapsed_ms as f64 / 1000.0);
-    let counts: Vec<String> = counts
+    let counts: Vec<String> = summary
+        .counts
         .iter()
         .filter(|(_, n)| **n > 0)
         .map(|(label, n)| format!("{n} {label}"))
@@ -314,7 +307,7 @@ fn print_status_text(view: &View, summary: &StatusSummary) {
         if counts.is_empty() { "" } else { ": " },
         counts.join(", ")
     );
-    match best {
+    match summary.best {
         Some((trial, (value, step))) => println!(
             "best        {trial} {}={value} at step {step} ({})",
             spec.metric, spec.mode
@@ -339,7 +332,7 @@ fn print_status_text(view: &View, summary: &StatusSummary) {
             );
         }
     }
-    for (trial, reason) in waiting {
+    for (trial, reason) in &summary.waiting {
         println!("waiting     {trial}: {reason}");
     }
 }
