@@ -369,17 +369,19 @@ fn a_trial_moves_to_another_agent_that_shares_no_disk_and_restores_from_the_stor
         assert!(Instant::now() < deadline, "agent-a never reached step 3");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Step 2's upload may still be running while the trial hangs at 3: the lost machine is lost
-    // once its checkpoint of step 2 is whole in the bucket.
-    while server.complete_steps("moving", "t1") != [1, 2] {
-        assert!(Instant::now() < deadline, "steps 1 and 2 never reached the bucket");
+    // Step 2's upload, and then its report, may still be on the way while the trial hangs at 3:
+    // the machine is lost once the controller has recorded the checkpoint of step 2 (it records
+    // one only after its upload is whole), not merely once the bucket holds it.
+    let db = dir.path().join("server.db");
+    while !checkpoint_rows(&db).iter().any(|row| row.0 == "t1" && row.1 == 2) {
+        assert!(Instant::now() < deadline, "the checkpoint of step 2 was never recorded");
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert_eq!(server.complete_steps("moving", "t1"), [1, 2]);
     let _ = first.child.kill();
     let _ = first.child.wait();
 
     let _second = agent("agent-b");
-    let db = dir.path().join("server.db");
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let rows = checkpoint_rows(&db);
