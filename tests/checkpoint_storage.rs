@@ -152,7 +152,9 @@ fn a_local_sweep_uploads_keeps_the_newest_and_restores_from_the_store() {
 #[test]
 fn an_upload_cut_by_a_dying_server_is_retried_and_recorded_only_once_whole() {
     let _deadline = common::deadline(Duration::from_secs(300));
-    let _group = common::light();
+    // Its S3 server dies and (maybe) comes back on the same port: nothing else may bind a port
+    // meanwhile, or another test's server could take that one.
+    let _group = common::heavy();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("s3").join(BUCKET)).unwrap();
     // Writes: step 1's three files and marker, then the server dies on step 2's second file.
@@ -201,7 +203,9 @@ fn an_upload_cut_by_a_dying_server_is_retried_and_recorded_only_once_whole() {
 #[test]
 fn a_checkpoint_that_cannot_be_uploaded_is_left_out_and_the_report_kept() {
     let _deadline = common::deadline(Duration::from_secs(300));
-    let _group = common::light();
+    // Its S3 server dies and (maybe) comes back on the same port: nothing else may bind a port
+    // meanwhile, or another test's server could take that one.
+    let _group = common::heavy();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("s3").join(BUCKET)).unwrap();
     let mut server = S3Server::start(&dir.path().join("s3"), 0, Some(5));

@@ -361,7 +361,9 @@ fn three_agents_run_a_gpu_sweep_without_overcommitting_a_device() {
 #[test]
 fn a_killed_agent_s_trials_resume_elsewhere_and_a_restarted_controller_loses_nothing() {
     let _deadline = common::deadline(Duration::from_secs(420));
-    let _group = common::light();
+    // It restarts the server on the port it had, for its agents to reconnect to: nothing else
+    // may bind a port meanwhile, or another test's server could take that one.
+    let _group = common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let spec = asha_spec(dir, "survive", 40, "{ cpu = 1, gpu = 0.5 }");
@@ -645,7 +647,9 @@ fn spread_runs_one_process_per_bundle_on_distinct_agents() {
 #[test]
 fn sigterm_mid_sweep_stops_trials_commits_and_a_restart_finishes_the_sweep() {
     let _deadline = common::deadline(Duration::from_secs(420));
-    let _group = common::light();
+    // It restarts the server on the port it had, for its agents to reconnect to: nothing else
+    // may bind a port meanwhile, or another test's server could take that one.
+    let _group = common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let spec = asha_spec(dir, "paused", 24, "{ cpu = 1, gpu = 0.5 }");

@@ -187,9 +187,10 @@ pub fn deadline(limit: Duration) -> Deadline {
 
 static PROCESS_TESTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
-/// For a test that starts many processes at once (a 200-trial sweep on three agents): it runs
-/// alone, never beside the other process-starting tests of its binary, whose timing it would
-/// starve on a two-core machine.
+/// For a test that must run alone among the process-starting tests of its binary: one that
+/// starts many processes at once (a 200-trial sweep on three agents), whose load would starve
+/// the others on a two-core machine, or one that restarts a server on the port it had, which a
+/// server of another test could otherwise take in between.
 pub fn heavy() -> std::sync::RwLockWriteGuard<'static, ()> {
     PROCESS_TESTS.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
