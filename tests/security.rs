@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Sandbox, stderr, stdout};
+use rung::tune_runtime::store::Store;
 
 /// A spec whose trials run `sh trial.sh {x}` for x in 1..=`points` (a grid), one at a time.
 fn shell_spec(extra_top: &str, points: u32, extra_trial: &str) -> String {
@@ -60,4 +61,75 @@ fn negative_infinity_under_min_is_the_worst_result_not_the_target() {
         Some(f64::NEG_INFINITY),
         "kept as reported"
     );
+}
+
+// ---- 8: durations a Duration cannot hold ------------------------------------------------------
+
+#[test]
+fn huge_durations_are_refused_by_name_before_anything_runs() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    let _light = common::light();
+    let sandbox = Sandbox::new();
+    sandbox.write("trial.sh", "echo 'rung:report {\"loss\": 1}'\n");
+    for (top, trial, setting, shown) in [
+        ("time_budget_s = 1e20", "", "\"time_budget_s\"", "got 1e20"),
+        ("", "stop_grace_s = 1e20", "\"trial.stop_grace_s\"", "got 1e20"),
+        ("time_budget_s = 400000000", "", "\"time_budget_s\"", "got 400000000"),
+        ("", "stop_grace_s = -1", "\"trial.stop_grace_s\"", "got -1"),
+    ] {
+        let spec = shell_spec(top, 1, trial).replace("stop_grace_s = 2\nstop_grace_s", "stop_grace_s");
+        sandbox.write("spec.toml", &spec);
+        for command in [
+            vec!["run", "spec.toml", "-q"],
+            // `rung submit` checks the spec before it reaches for the server.
+            vec!["submit", "spec.toml", "--server", "http://127.0.0.1:9"],
+        ] {
+            let output = sandbox.rung(&command);
+            let message = stderr(&output);
+            assert_eq!(output.status.code(), Some(2), "{command:?} {top}{trial}: {message}");
+            assert!(
+                message.contains(setting)
+                    && message.contains(shown)
+                    && message.contains("at most 315576000 (10 years)"),
+                "{command:?}: {message}"
+            );
+            assert!(!message.contains("panicked"), "{message}");
+        }
+    }
+    assert!(!sandbox.path("rung.db").exists(), "nothing ran, no store was made");
+
+    for flag in ["--lease-s", "--heartbeat-s", "--worker-lease-s"] {
+        let output = sandbox.rung(&["serve", "--listen", "127.0.0.1:0", flag, "1e20"]);
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{flag}: {message}");
+        assert!(
+            message.contains(flag) && message.contains("got 1e20"),
+            "{flag}: {message}"
+        );
+    }
+}
+
+#[test]
+fn a_stored_spec_with_a_huge_duration_is_refused_on_resume_not_a_panic() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    let _light = common::light();
+    let sandbox = Sandbox::new();
+    sandbox.write("trial.sh", "echo 'rung:report {\"loss\": 1}'\n");
+    // A spec stored by a rung that did not check: valid otherwise, with a budget of 1e20 s.
+    let mut spec = rung::Spec::from_toml_str(&shell_spec("", 1, "")).unwrap();
+    spec.resolve_defaults();
+    spec.time_budget_s = Some(1e20);
+    let mut store = Store::open_or_create(&sandbox.path("rung.db")).unwrap();
+    store
+        .create_experiment("sec", &serde_json::to_string(&spec).unwrap(), 1)
+        .unwrap();
+    drop(store);
+    let output = sandbox.rung(&["resume", "--db", "rung.db", "-q"]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains("\"time_budget_s\"") && message.contains("got 1e20"),
+        "{message}"
+    );
+    assert!(!message.contains("panicked"), "{message}");
 }

@@ -333,8 +333,7 @@ impl Tuner {
         E: Display + Send + 'static,
     {
         self.execute(move |spec, experiment, trials_root| {
-            let grace = Duration::from_secs_f64(spec.trial.stop_grace_s);
-            let runner = InProcessRunner::new(trainable, trials_root, grace)
+            let runner = InProcessRunner::new(trainable, trials_root, spec.stop_grace()?)
                 .with_storage(checkpoint_storage(spec)?, &experiment.name);
             Ok(Arc::new(runner) as Arc<dyn Runner>)
         })
@@ -354,7 +353,7 @@ impl Tuner {
                 command: spec.trial.command.clone(),
                 workdir: spec.trial.workdir.clone().unwrap_or_else(|| PathBuf::from(".")),
                 trials_root,
-                stop_grace: Duration::from_secs_f64(spec.trial.stop_grace_s),
+                stop_grace: spec.stop_grace()?,
                 env: spec.trial.env.clone(),
                 experiment: experiment.name.clone(),
                 checkpoint_storage: checkpoint_storage(spec)?,
@@ -480,7 +479,7 @@ impl Tuner {
             runtime,
             observer,
             max_concurrent: self.max_concurrent,
-            interrupt_grace: Duration::from_secs_f64(spec.trial.stop_grace_s) + Duration::from_secs(2),
+            interrupt_grace: spec.stop_grace()? + Duration::from_secs(2),
             on_commit: tracker.as_ref().map(Tracker::hook),
         };
         let end = driver.run(setup);
@@ -572,4 +571,40 @@ fn check_storage(spec: &Spec, runtime: &tokio::runtime::Handle) -> Result<()> {
 
 fn storage_error(error: StorageError) -> Error {
     Error::setting(storage::SETTING, format!("\"{}\": {}", error.uri, error.reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builder_refuses_durations_that_would_panic_the_controller() {
+        let builder = || Tuner::builder().metric("loss", Mode::Min).max_concurrent(1);
+        let error = builder()
+            .time_budget(Duration::from_secs(u64::MAX))
+            .build()
+            .err()
+            .expect("a budget of 584 billion years is refused");
+        assert!(error.is_bad_input());
+        assert_eq!(
+            error.to_string(),
+            "setting \"time_budget_s\": must be a number of seconds above 0 and at most 315576000 (10 years), got 1.8446744073709552e19"
+        );
+        let error = builder()
+            .stop_grace(Duration::from_secs(400_000_000))
+            .build()
+            .err()
+            .expect("a grace of 12 years is refused");
+        assert_eq!(
+            error.to_string(),
+            "setting \"trial.stop_grace_s\": must be a number of seconds at least 0 and at most 315576000 (10 years), got 400000000"
+        );
+        assert!(
+            builder()
+                .time_budget(Duration::from_secs(3600))
+                .stop_grace(Duration::ZERO)
+                .build()
+                .is_ok()
+        );
+    }
 }
