@@ -3,9 +3,10 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Sandbox, stderr, stdout};
+use rung::tune_core::trial::TrialStatus;
 use rung::tune_runtime::store::Store;
 
 /// A spec whose trials run `sh trial.sh {x}` for x in 1..=`points` (a grid), one at a time.
@@ -132,4 +133,92 @@ fn a_stored_spec_with_a_huge_duration_is_refused_on_resume_not_a_panic() {
         "{message}"
     );
     assert!(!message.contains("panicked"), "{message}");
+}
+
+// ---- 5: bytes that are not UTF-8, lines without end ------------------------------------------
+
+#[test]
+fn invalid_utf8_and_overlong_lines_neither_hang_nor_kill_a_trial() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    let _light = common::light();
+    let sandbox = Sandbox::new();
+    // Invalid bytes on both pipes, then far more than a pipe holds on each, a 2 MiB report
+    // line, and only then the real result.
+    sandbox.write(
+        "trial.sh",
+        r#"printf 'bad \377\376 bytes\n'
+printf 'rung:report {"loss": \377}\n'
+printf 'err \377 bytes\n' >&2
+i=0; while [ $i -lt 3000 ]; do
+    echo "filler line $i ......................................................"
+    echo "stderr filler $i ...................................................." >&2
+    i=$((i+1))
+done
+head -c 2097152 /dev/zero | tr '\0' '7' > big
+{ printf 'rung:report {"loss": -5, "pad": "'; cat big; printf '"}\n'; }
+printf 'rung:report {"loss": %s}\n' "$1"
+"#,
+    );
+    sandbox.write("spec.toml", &shell_spec("", 2, ""));
+    let run = sandbox.rung(&["run", "spec.toml", "-q"]);
+    assert_eq!(run.status.code(), Some(0), "{}{}", stdout(&run), stderr(&run));
+    let trials = sandbox.trials("rung.db");
+    assert_eq!(trials.len(), 2);
+    for (trial, x) in trials.iter().zip([1.0, 2.0]) {
+        assert_eq!(trial.status.label(), "completed", "{trial:?}");
+        assert_eq!(trial.best, Some((x, 1)), "only the real report counts: {trial:?}");
+    }
+    let log = std::fs::read(sandbox.path("rung_trials/sec/t1/trial.log")).unwrap();
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains("bad \u{fffd}\u{fffd} bytes") && log.contains("err \u{fffd} bytes"));
+    assert!(log.contains("== rung: report ignored (not UTF-8)"));
+    assert!(log.contains("== rung: report ignored (longer than 1048576 bytes, cut there for the log)"));
+    assert!(log.contains("stderr filler 2999"), "stderr was read to its end");
+}
+
+// ---- 6: a child left behind --------------------------------------------------------------------
+
+/// Waits, with a deadline, until `pid` is no longer a live process (a zombie counts as gone).
+fn wait_until_gone(pid: i32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    while alive() {
+        assert!(Instant::now() < deadline, "{what} (pid {pid}) is still alive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_background_child_neither_keeps_the_trial_running_nor_outlives_it() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    let _light = common::light();
+    let sandbox = Sandbox::new();
+    // The child holds the trial's stdout and stderr open for 300 s.
+    sandbox.write(
+        "trial.sh",
+        r#"sleep 300 &
+echo $! > "$RUNG_TRIAL_DIR/child.pid"
+echo "rung:report {\"loss\": $1}"
+"#,
+    );
+    sandbox.write("spec.toml", &shell_spec("", 2, ""));
+    let run = sandbox.rung(&["run", "spec.toml", "-q"]);
+    assert_eq!(run.status.code(), Some(0), "{}{}", stdout(&run), stderr(&run));
+    let trials = sandbox.trials("rung.db");
+    assert!(
+        trials
+            .iter()
+            .all(|t| t.status == TrialStatus::Terminated(rung::tune_core::trial::EndReason::Completed)),
+        "{trials:?}"
+    );
+    for trial in ["t1", "t2"] {
+        let pid = std::fs::read_to_string(sandbox.path(&format!("rung_trials/sec/{trial}/child.pid"))).unwrap();
+        wait_until_gone(pid.trim().parse().unwrap(), &format!("the background child of {trial}"));
+    }
 }
