@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Sandbox, stderr, stdout};
@@ -221,4 +222,88 @@ echo "rung:report {\"loss\": $1}"
         let pid = std::fs::read_to_string(sandbox.path(&format!("rung_trials/sec/{trial}/child.pid"))).unwrap();
         wait_until_gone(pid.trim().parse().unwrap(), &format!("the background child of {trial}"));
     }
+}
+
+// ---- 7: SIGTERM is an interrupt ---------------------------------------------------------------
+
+#[test]
+fn sigterm_stops_the_sweep_for_now_and_resume_finishes_it() {
+    let _deadline = common::deadline(Duration::from_secs(300));
+    let _light = common::light();
+    let sandbox = Sandbox::new();
+    sandbox.write(
+        "spec.toml",
+        &common::learning_curve_spec(
+            "num_samples = 3\nmax_concurrent = 2",
+            &["--steps", "40", "--sleep", "0.05", "--checkpoint-every", "2"],
+            "",
+        ),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rung"))
+        .args(["run", "spec.toml", "-q"])
+        .current_dir(sandbox.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signal once a trial runs with a committed checkpoint (it is mid-run: 40 steps to make).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running_with_checkpoint = Store::open(&sandbox.path("rung.db")).ok().and_then(|store| {
+            let info = store.experiment(None).ok()?;
+            let trials = store.trials(info.id).ok()?;
+            let checkpoints = store.checkpoints(info.id).ok()?;
+            Some(trials.iter().any(|t| {
+                t.status == TrialStatus::Running && checkpoints.iter().any(|c| c.trial == t.id && c.step + 6 <= 40)
+            }))
+        });
+        if running_with_checkpoint == Some(true) {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the sweep ended before a trial ran"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no trial ran with a checkpoint within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).contains("interrupted") && stdout(&output).contains("resume with: rung resume --db"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(stderr(&output).contains("interrupted (SIGTERM)"), "{}", stderr(&output));
+    let status = common::json(&sandbox.rung(&["status", "--db", "rung.db", "--json"]));
+    assert_eq!(status["state"], "unfinished", "{status}");
+
+    let resumed = sandbox.rung(&["resume", "--db", "rung.db", "-q"]);
+    assert!(resumed.status.success(), "{}{}", stdout(&resumed), stderr(&resumed));
+    let trials = sandbox.trials("rung.db");
+    assert_eq!(trials.len(), 3);
+    assert!(
+        trials
+            .iter()
+            .all(|t| t.status.label() == "completed" && t.last.as_ref().unwrap().step == 40),
+        "{trials:?}"
+    );
+    assert!(
+        trials.iter().any(|t| t.launches == 2),
+        "an interrupted trial was relaunched"
+    );
 }

@@ -60,7 +60,7 @@ pub enum SweepStatus {
         /// Why it ended.
         cause: String,
     },
-    /// It was interrupted (Ctrl-C); `rung resume` (or `.resume(true)`) carries on.
+    /// It was interrupted (Ctrl-C or SIGTERM); `rung resume` (or `.resume(true)`) carries on.
     Interrupted,
 }
 
@@ -206,8 +206,8 @@ impl TunerBuilder {
         self.progress = progress;
         self
     }
-    /// Treat Ctrl-C as "stop for now": running trials are terminated but stay resumable.
-    /// Default true.
+    /// Treat Ctrl-C (SIGINT) and SIGTERM as "stop for now": running trials are terminated but
+    /// stay resumable; a second signal ends the process at once. Default true.
     pub fn interrupt_on_ctrl_c(mut self, enabled: bool) -> Self {
         self.interrupt_on_ctrl_c = enabled;
         self
@@ -227,6 +227,32 @@ impl TunerBuilder {
             driver: Driver::new(),
             observer: None,
         })
+    }
+}
+
+/// The signals that interrupt a sweep: SIGINT (Ctrl-C) and SIGTERM (systemd, Kubernetes,
+/// `timeout`), which ask the same thing — stop for now, resumably.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Starts catching both signals (from now on they no longer end the process at once).
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for the next of either signal and names it.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "Ctrl-C",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
     }
 }
 
@@ -311,8 +337,9 @@ impl Tuner {
         self
     }
 
-    /// Treat Ctrl-C as "stop for now" (true, the default) or leave SIGINT alone, for a host
-    /// that handles it itself (the Python bindings turn it into `KeyboardInterrupt`).
+    /// Treat Ctrl-C (SIGINT) and SIGTERM as "stop for now" (true, the default) or leave both
+    /// signals alone, for a host that handles them itself (the Python bindings turn SIGINT into
+    /// `KeyboardInterrupt`).
     pub fn with_ctrl_c(mut self, enabled: bool) -> Self {
         self.interrupt_on_ctrl_c = enabled;
         self
@@ -377,7 +404,16 @@ impl Tuner {
         M: FnOnce(&Spec, &ExperimentInfo, PathBuf) -> Result<Arc<dyn Runner>> + Send + 'static,
     {
         let driver = std::mem::take(&mut self.driver);
-        let interrupt_on_ctrl_c = self.interrupt_on_ctrl_c;
+        // Caught from before the sweep starts, so a signal never finds rung unprepared.
+        let signals = if self.interrupt_on_ctrl_c {
+            StopSignals::install()
+                .inspect_err(|error| {
+                    tracing::warn!(%error, "cannot watch for Ctrl-C and SIGTERM; they end rung at once");
+                })
+                .ok()
+        } else {
+            None
+        };
         let handle = driver.handle();
         let runtime = tokio::runtime::Handle::current();
         let (answer, result) = tokio::sync::oneshot::channel();
@@ -387,18 +423,18 @@ impl Tuner {
                 let _ = answer.send(self.drive(driver, runtime, make_runner));
             })
             .map_err(|e| Error::Internal(format!("cannot start the controller thread: {e}")))?;
-        let watch_ctrl_c = interrupt_on_ctrl_c;
         let interrupt = tokio::spawn(async move {
-            if watch_ctrl_c && tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "\ninterrupted: stopping running trials (they resume from their checkpoints); Ctrl-C again to quit at once"
-                );
-                handle.interrupt();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    // Everything answered so far is committed; trial processes die with us.
-                    std::process::exit(130);
-                }
-            }
+            let Some(mut signals) = signals else {
+                return;
+            };
+            let first = signals.next().await;
+            eprintln!(
+                "\ninterrupted ({first}): stopping running trials (they resume from their checkpoints); Ctrl-C or SIGTERM again to quit at once"
+            );
+            handle.interrupt();
+            signals.next().await;
+            // Everything answered so far is committed; trial processes die with us.
+            std::process::exit(130);
         });
         let result = result
             .await
