@@ -125,6 +125,12 @@ impl Runner for PythonRunner {
     }
 }
 
+/// A wait of `timeout` seconds from Python: negative or NaN is no wait, and anything a
+/// `Duration` cannot hold (`float("inf")`) waits for good instead of panicking.
+fn wait_time(timeout: f64) -> Duration {
+    Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX)
+}
+
 /// One launch of a trial, as Python sees it: its config and folders, `report` and `finish`.
 #[pyclass(frozen, module = "rung._rung")]
 pub struct Trial {
@@ -304,7 +310,7 @@ impl Sweep {
                     Ok(Arc::new(PythonRunner {
                         queue: Mutex::new(queue),
                         trials_root,
-                        stop_grace: Duration::from_secs_f64(spec.trial.stop_grace_s),
+                        stop_grace: spec.stop_grace()?,
                         storage: tune_sweep::tuner::checkpoint_storage(spec)?,
                         experiment: info.name.clone(),
                     }) as Arc<dyn Runner>)
@@ -326,7 +332,7 @@ impl Sweep {
     /// The next launch to run, waiting up to `timeout` seconds (GIL released); None when there
     /// is none yet or the sweep has ended.
     fn next_trial(&self, py: Python<'_>, timeout: f64) -> Option<Trial> {
-        let timeout = Duration::from_secs_f64(timeout.max(0.0));
+        let timeout = wait_time(timeout);
         py.detach(|| match lock(&self.trials).recv_timeout(timeout) {
             Ok(trial) => Some(trial),
             Err(RecvTimeoutError::Timeout) => None,
@@ -341,7 +347,7 @@ impl Sweep {
     /// Whether the sweep has ended (its result is ready), waiting up to `timeout` seconds.
     #[pyo3(signature = (timeout = 0.0))]
     fn wait(&self, py: Python<'_>, timeout: f64) -> bool {
-        let timeout = Duration::from_secs_f64(timeout.max(0.0));
+        let timeout = wait_time(timeout);
         py.detach(|| {
             let mut ending = lock(&self.ending);
             if let Ending::Running(receiver) = &*ending {

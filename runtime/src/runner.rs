@@ -275,14 +275,29 @@ async fn run_process_inner<S: TrialSink>(config: &ProcessConfig, launch: &Launch
     if let Some(pid) = child.id() {
         link.started(pid);
     }
+    let pid = child.id();
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let (log_sender, mut log_receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // Set once the trial's own process has exited: from then on the pipes are only drained.
+    let (main_exited, exit_seen) = tokio::sync::watch::channel(false);
     let stderr_sender = log_sender.clone();
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = stderr_sender.send(line);
+        let mut lines = PipeLines::new(stderr);
+        let mut exit_seen = exit_seen;
+        loop {
+            let line = tokio::select! {
+                line = lines.next() => line,
+                _ = exit_seen.wait_for(|exited| *exited) => break,
+            };
+            match line {
+                Ok(Some(line)) => send_log_line(&stderr_sender, &line),
+                Ok(None) | Err(_) => return,
+            }
+        }
+        let until = tokio::time::Instant::now() + DRAIN_LIMIT;
+        while let Some(line) = next_after_exit(&mut lines, until).await {
+            send_log_line(&stderr_sender, &line);
         }
     });
     let log_task = tokio::spawn(async move {
@@ -291,16 +306,33 @@ async fn run_process_inner<S: TrialSink>(config: &ProcessConfig, launch: &Launch
         }
     });
 
-    let mut lines = BufReader::new(stdout).lines();
+    let mut lines = PipeLines::new(stdout);
     let mut step = launch.restore.as_ref().map_or(0, |r| r.step);
     let mut stopped = false;
+    // The main process's exit status once it has exited on its own, and until when its pipes
+    // are drained after that.
+    let mut exited: Option<(std::io::Result<ExitStatus>, tokio::time::Instant)> = None;
     loop {
-        let line = tokio::select! {
-            line = lines.next_line() => line,
-            () = link.stop_requested() => {
-                stopped = true;
-                break;
-            }
+        let line = match &exited {
+            None => tokio::select! {
+                line = lines.next() => line,
+                () = link.stop_requested() => {
+                    stopped = true;
+                    break;
+                }
+                status = child.wait() => {
+                    // The trial ends with its own process: what it left behind in its group
+                    // goes, and its pipes are read only for what is already in them.
+                    let _ = main_exited.send(true);
+                    end_group(pid, config.stop_grace);
+                    exited = Some((status, tokio::time::Instant::now() + DRAIN_LIMIT));
+                    continue;
+                }
+            },
+            Some((_, until)) => match next_after_exit(&mut lines, *until).await {
+                Some(line) => Ok(Some(line)),
+                None => break,
+            },
         };
         let line = match line {
             Ok(Some(line)) => line,
@@ -309,6 +341,9 @@ async fn run_process_inner<S: TrialSink>(config: &ProcessConfig, launch: &Launch
                 let _ = log_sender.send(format!("== rung: cannot read stdout: {error}"));
                 break;
             }
+        };
+        let Some(line) = report_candidate(trial, line, &log_sender) else {
+            continue;
         };
         let parsed = match parse_report_line(&line) {
             None => {
@@ -368,19 +403,28 @@ async fn run_process_inner<S: TrialSink>(config: &ProcessConfig, launch: &Launch
             )
             .await;
         if decision != Decision::Continue {
+            if exited.is_some() {
+                // The process is gone already; nothing is left to stop.
+                break;
+            }
             stopped = true;
             let _ = log_sender.send(format!("== rung: {decision} after step {step}"));
             break;
         }
     }
-    let status = if stopped {
-        terminate(&mut child, config.stop_grace).await
-    } else {
-        tokio::select! {
-            status = child.wait() => status,
+    let status = match exited {
+        Some((status, _)) => status,
+        None if stopped => terminate(&mut child, config.stop_grace).await,
+        // Its stdout closed (or failed) while the process runs on: wait for it to end.
+        None => tokio::select! {
+            status = child.wait() => {
+                end_group(pid, config.stop_grace);
+                status
+            }
             () = link.stop_requested() => terminate(&mut child, config.stop_grace).await,
-        }
+        },
     };
+    let _ = main_exited.send(true);
     drop(lines);
     drop(log_sender);
     let _ = log_task.await;
@@ -392,6 +436,184 @@ async fn run_process_inner<S: TrialSink>(config: &ProcessConfig, launch: &Launch
         Err(error) => Outcome::Failed {
             reason: format!("could not wait for the trial: {error}"),
         },
+    }
+}
+
+/// The longest line read from a trial's stdout or stderr: longer ones are cut for the log, and
+/// a `rung:report` line that long is not parsed.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// After a trial's own process has exited, its pipes are read on only while data keeps coming:
+/// reading stops once they stay quiet this long (a process it left behind may hold them open).
+const DRAIN_IDLE: Duration = Duration::from_millis(200);
+
+/// ...and in any case this long after the exit, should a leftover process keep writing.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// One line of a trial's output, as bytes: at most [`MAX_LINE_BYTES`] of them, without the
+/// line end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PipeLine {
+    bytes: Vec<u8>,
+    /// Whether the line was longer and has been cut.
+    cut: bool,
+}
+
+impl PipeLine {
+    /// The line for the log, invalid UTF-8 replaced.
+    fn lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.bytes)
+    }
+
+    /// Whether the line starts like a report.
+    fn looks_like_report(&self) -> bool {
+        self.bytes.starts_with(tune_core::protocol::REPORT_PREFIX.as_bytes())
+    }
+}
+
+/// Reads a pipe line by line as bytes, whatever they are, keeping at most [`MAX_LINE_BYTES`]
+/// of a line: a trial that writes invalid UTF-8 or a line without end is still read, so it
+/// never blocks on a full pipe nor dies of SIGPIPE.
+struct PipeLines<R> {
+    reader: BufReader<R>,
+    limit: usize,
+    /// The line being read; kept across calls, so [`PipeLines::next`] is cancel safe.
+    partial: Vec<u8>,
+    cut: bool,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> PipeLines<R> {
+    fn new(reader: R) -> Self {
+        Self::with_limit(reader, MAX_LINE_BYTES)
+    }
+
+    fn with_limit(reader: R, limit: usize) -> Self {
+        PipeLines {
+            reader: BufReader::new(reader),
+            limit,
+            partial: Vec::new(),
+            cut: false,
+        }
+    }
+
+    /// The next line, `None` at the end of the pipe. Cancel safe: a line half read when the
+    /// future is dropped is completed by the next call.
+    async fn next(&mut self) -> std::io::Result<Option<PipeLine>> {
+        loop {
+            let available = self.reader.fill_buf().await?;
+            if available.is_empty() {
+                if self.partial.is_empty() && !self.cut {
+                    return Ok(None);
+                }
+                return Ok(Some(self.take()));
+            }
+            let (content, used, complete) = match available.iter().position(|&byte| byte == b'\n') {
+                Some(end) => (&available[..end], end + 1, true),
+                None => (available, available.len(), false),
+            };
+            let room = self.limit - self.partial.len();
+            if content.len() > room {
+                self.cut = true;
+            }
+            self.partial.extend_from_slice(&content[..content.len().min(room)]);
+            self.reader.consume(used);
+            if complete {
+                return Ok(Some(self.take()));
+            }
+        }
+    }
+
+    fn take(&mut self) -> PipeLine {
+        let mut bytes = std::mem::take(&mut self.partial);
+        if !self.cut && bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        PipeLine {
+            bytes,
+            cut: std::mem::take(&mut self.cut),
+        }
+    }
+}
+
+/// The next line of a pipe after the trial's process has exited: one already there or coming
+/// within [`DRAIN_IDLE`], and none after `until`.
+async fn next_after_exit<R: tokio::io::AsyncRead + Unpin>(
+    lines: &mut PipeLines<R>,
+    until: tokio::time::Instant,
+) -> Option<PipeLine> {
+    let now = tokio::time::Instant::now();
+    if now >= until {
+        return None;
+    }
+    // A line already in the pipe is read even when the wait is over: the future is polled first.
+    match tokio::time::timeout_at((now + DRAIN_IDLE).min(until), lines.next()).await {
+        Ok(Ok(line)) => line,
+        Ok(Err(_)) | Err(_) => None,
+    }
+}
+
+/// The note and text a line of stderr (or a non-report line of stdout) leaves in the log.
+fn send_log_line(log: &tokio::sync::mpsc::UnboundedSender<String>, line: &PipeLine) {
+    if line.cut {
+        let _ = log.send(format!(
+            "== rung: the next line was longer than {MAX_LINE_BYTES} bytes and is cut there"
+        ));
+    }
+    let _ = log.send(line.lossy().into_owned());
+}
+
+/// A stdout line as text to parse as a report, or `None` when it can only go to the log: cut
+/// at [`MAX_LINE_BYTES`], or not UTF-8. Such a line that looks like a report is ignored with a
+/// warning, in the log and in rung's own output.
+fn report_candidate(
+    trial: TrialId,
+    line: PipeLine,
+    log: &tokio::sync::mpsc::UnboundedSender<String>,
+) -> Option<String> {
+    let why = if line.cut {
+        format!("longer than {MAX_LINE_BYTES} bytes")
+    } else {
+        match String::from_utf8(line.bytes) {
+            Ok(text) => return Some(text),
+            Err(error) => {
+                let line = PipeLine {
+                    bytes: error.into_bytes(),
+                    cut: false,
+                };
+                if line.looks_like_report() {
+                    tracing::warn!(%trial, "a rung:report line that is not UTF-8 was ignored");
+                    let _ = log.send(format!("== rung: report ignored (not UTF-8): {}", line.lossy()));
+                } else {
+                    let _ = log.send(line.lossy().into_owned());
+                }
+                return None;
+            }
+        }
+    };
+    if line.looks_like_report() {
+        tracing::warn!(%trial, limit = MAX_LINE_BYTES, "a rung:report line {why} was cut and ignored");
+        let _ = log.send(format!(
+            "== rung: report ignored ({why}, cut there for the log): {}",
+            line.lossy()
+        ));
+    } else {
+        send_log_line(log, &line);
+    }
+    None
+}
+
+/// After a trial's own process has exited: SIGTERM to whatever it left in its process group,
+/// SIGKILL after `grace` to what is still there, so no descendant outlives the trial.
+fn end_group(pid: Option<u32>, grace: Duration) {
+    let Some(pid) = pid else {
+        return;
+    };
+    sys::signal_group(pid, sys::SIGTERM);
+    if sys::group_exists(pid) {
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            sys::signal_group(pid, sys::SIGKILL);
+        });
     }
 }
 
@@ -644,5 +866,191 @@ where
             };
             link.exited(outcome);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pipe_lines_are_bytes_bounded_and_cut() {
+        let input: &[u8] = b"plain\r\n\xff\xfe not utf-8\nrung:report 0123456789\nlast without end";
+        let mut lines = PipeLines::with_limit(input, 16);
+        let mut read = Vec::new();
+        while let Some(line) = lines.next().await.unwrap() {
+            read.push(line);
+        }
+        let expect = |bytes: &[u8], cut: bool| PipeLine {
+            bytes: bytes.to_vec(),
+            cut,
+        };
+        assert_eq!(
+            read,
+            [
+                expect(b"plain", false),
+                expect(b"\xff\xfe not utf-8", false),
+                expect(b"rung:report 0123", true),
+                expect(b"last without end", false),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_half_read_line_survives_a_cancelled_read() {
+        let (mut writer, reader) = tokio::io::duplex(64);
+        let mut lines = PipeLines::new(reader);
+        writer.write_all(b"rung:rep").await.unwrap();
+        let pending = tokio::time::timeout(Duration::from_millis(10), lines.next()).await;
+        assert!(pending.is_err(), "no line end yet");
+        writer.write_all(b"ort {}\n").await.unwrap();
+        let line = lines.next().await.unwrap().unwrap();
+        assert_eq!(line.bytes, b"rung:report {}");
+    }
+
+    /// A sink that records reports and answers Continue; it never asks for a stop.
+    #[derive(Default)]
+    struct Recorder {
+        reports: Vec<Report>,
+    }
+
+    impl TrialSink for Recorder {
+        fn report(&mut self, report: Report, _checkpoint: Option<String>) -> impl Future<Output = Decision> + Send {
+            self.reports.push(report);
+            std::future::ready(Decision::Continue)
+        }
+
+        fn stop_requested(&mut self) -> impl Future<Output = ()> + Send {
+            std::future::pending()
+        }
+    }
+
+    /// Runs `script` with `sh` as trial t1 in a fresh folder: its outcome, reports and log.
+    async fn run_shell(script: &str) -> (Outcome, Vec<Report>, String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        // In a file: the command's arguments would read its braces as placeholders.
+        std::fs::write(dir.path().join("trial.sh"), script).unwrap();
+        let config = ProcessConfig {
+            command: vec!["sh".into(), "trial.sh".into()],
+            workdir: dir.path().to_owned(),
+            trials_root: dir.path().join("trials"),
+            stop_grace: Duration::from_secs(5),
+            env: BTreeMap::new(),
+            experiment: "e".into(),
+            checkpoint_storage: CheckpointStorage::Local,
+        };
+        let launch = Launch {
+            trial: TrialId(1),
+            config: Config::default(),
+            restore: None,
+            attempt: 0,
+        };
+        let mut sink = Recorder::default();
+        // A deadline, not a timing: a trial that hangs (on a full pipe, on a child's pipe) fails.
+        let outcome = tokio::time::timeout(Duration::from_secs(60), run_process(&config, &launch, &mut sink))
+            .await
+            .expect("the trial ends within a minute");
+        let log = std::fs::read(TrialFiles::new(&config.trials_root, TrialId(1)).log()).unwrap();
+        (outcome, sink.reports, String::from_utf8_lossy(&log).into_owned(), dir)
+    }
+
+    fn losses(reports: &[Report]) -> Vec<(u64, f64)> {
+        reports.iter().map(|r| (r.step, r.metrics["loss"])).collect()
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_on_stdout_and_stderr_neither_hangs_nor_kills_the_trial() {
+        // Far more output after the bad bytes than a pipe holds (64 KiB): a reader that gave up
+        // would leave the trial blocked on a full pipe, or dead of SIGPIPE on stderr.
+        let script = r#"
+            printf 'rung:report {"loss": 1}\n'
+            printf 'bad \377\376 bytes\n'
+            printf 'rung:report {"loss": \377}\n'
+            printf 'err \377 bytes\n' >&2
+            i=0; while [ $i -lt 3000 ]; do
+                echo "filler line $i ......................................................"
+                echo "stderr filler $i ...................................................." >&2
+                i=$((i+1))
+            done
+            printf 'rung:report {"loss": 2}\n'
+        "#;
+        let (outcome, reports, log, _dir) = run_shell(script).await;
+        assert_eq!(outcome, Outcome::Success, "{log}");
+        assert_eq!(losses(&reports), [(1, 1.0), (2, 2.0)]);
+        assert!(log.contains("bad \u{fffd}\u{fffd} bytes"), "{log}");
+        assert!(
+            log.contains("== rung: report ignored (not UTF-8): rung:report {\"loss\": \u{fffd}}"),
+            "{log}"
+        );
+        assert!(
+            log.contains("err \u{fffd} bytes") && log.contains("stderr filler 2999"),
+            "{log}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_overlong_line_is_cut_and_not_parsed() {
+        // A report of 2 MiB (a valid one, but over the limit), then a normal one.
+        let script = r#"
+            head -c 2097152 /dev/zero | tr '\0' 'x' > big
+            { printf 'rung:report {"loss": 5, "pad": "'; cat big; printf '"}\n'; } 
+            { cat big; printf '\n'; } >&2
+            printf 'rung:report {"loss": 3}\n'
+        "#;
+        let (outcome, reports, log, _dir) = run_shell(script).await;
+        assert_eq!(outcome, Outcome::Success, "{}", &log[..log.len().min(2000)]);
+        assert_eq!(losses(&reports), [(1, 3.0)], "the cut report is not parsed");
+        assert!(
+            log.contains(&format!(
+                "== rung: report ignored (longer than {MAX_LINE_BYTES} bytes, cut there for the log)"
+            )),
+            "{}",
+            &log[..log.len().min(2000)]
+        );
+        assert!(log.contains(&format!(
+            "== rung: the next line was longer than {MAX_LINE_BYTES} bytes"
+        )));
+        assert!(
+            log.len() < 3 * MAX_LINE_BYTES,
+            "lines are cut in the log too: {} bytes",
+            log.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_trial_ends_with_its_process_and_takes_its_group_along() {
+        // The background child keeps stdout and stderr open for 300 s; the trial's own process
+        // reports and exits at once.
+        let script = r#"
+            sleep 300 &
+            echo $! > child.pid
+            printf 'rung:report {"loss": 0.5}\n'
+        "#;
+        let (outcome, reports, log, dir) = run_shell(script).await;
+        assert_eq!(outcome, Outcome::Success, "{log}");
+        assert_eq!(losses(&reports), [(1, 0.5)], "what it printed before exiting counts");
+        let child: i32 = std::fs::read_to_string(dir.path().join("child.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The child got SIGTERM when the trial ended; wait (with a deadline) until it is gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while process_alive(child) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the background child {child} survived"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether `pid` is a live process (a zombie counts as gone).
+    fn process_alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
     }
 }

@@ -25,6 +25,16 @@ pub fn signal_group(group: u32, signal: i32) {
     }
 }
 
+/// Whether the process group `group` still has a process in it (one we may signal or not).
+pub fn group_exists(group: u32) -> bool {
+    let Ok(group) = libc::pid_t::try_from(group) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the group exists and may be signalled; nothing is sent.
+    let result = unsafe { libc::killpg(group, 0) };
+    result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// SIGTERM.
 pub const SIGTERM: i32 = libc::SIGTERM;
 /// SIGKILL.

@@ -15,8 +15,8 @@
 //!
 //! Trials that ended (completed, stopped, errored) still count as others: their history is data,
 //! and a population that drops its losers would otherwise make the median ever harder to meet.
-//! Reports without the time attribute (or with a NaN time) are ignored. Averages that come out
-//! NaN (a `+inf` and a `-inf` score) count as `-inf`, the worst.
+//! Reports without the time attribute (or with a NaN time) are ignored. NaN and infinite results
+//! score `-inf` ([`Mode::score`]), the worst, and so do averages that come out NaN.
 //!
 //! # Cost
 //!
@@ -277,13 +277,22 @@ mod tests {
         rule.on_trial_remove(TrialId(2));
         assert_eq!(report(&mut rule, 4, 2, 2.9), Decision::Stop);
         assert_eq!(report(&mut rule, 5, 2, f64::NAN), Decision::Stop);
-        // NaN and infinities in other trials' histories rank, they do not panic: at step 2, t1
-        // averages +inf, t2 -inf (a NaN) and t3 1, so the median is 1.
+        // NaN and infinities in other trials' histories rank worst, they do not panic: at step
+        // 2, t1 (an Infinity) and t2 (a NaN) average -inf and t3 1, so the median is -inf.
         let mut rule = population(0.0, 1, Mode::Max);
         report(&mut rule, 2, 2, f64::NAN);
         report(&mut rule, 1, 2, f64::INFINITY);
-        assert_eq!(rule.median_of_others(TrialId(4), 2.0), Some((1.0, 3)));
+        assert_eq!(rule.median_of_others(TrialId(4), 2.0), Some((f64::NEG_INFINITY, 3)));
         assert_eq!(report(&mut rule, 4, 2, 2.0), Decision::Continue);
+        // Under min, a -Infinity is the worst result, not an unbeatable one: with t1 at -inf and
+        // t2, t3 at 1 and 2, the others' median is the score -2 (the value 2), and a newcomer
+        // whose only result is -Infinity is below it.
+        let mut min_rule = self::rule(0.0, 1, Mode::Min);
+        report(&mut min_rule, 1, 2, f64::NEG_INFINITY);
+        report(&mut min_rule, 2, 2, 1.0);
+        report(&mut min_rule, 3, 2, 2.0);
+        assert_eq!(min_rule.median_of_others(TrialId(4), 2.0), Some((-2.0, 3)));
+        assert_eq!(report(&mut min_rule, 4, 2, f64::NEG_INFINITY), Decision::Stop);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 use rung::Error;
 use rung::remote::read_token;
+use rung::tune_core::duration::{Lower, seconds};
 
 use super::{Failure, block_on, read_submitted};
 
@@ -55,14 +56,10 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
         heartbeat_s,
         worker_lease_s,
     } = args;
+    // A flag that names a duration: finite, above 0 and at most ten years, or an exit-2 error
+    // that names the flag and the value (a huge one would panic the server's timers).
     let positive = |flag: &str, value: f64| {
-        if value.is_finite() && value > 0.0 {
-            Ok(std::time::Duration::from_secs_f64(value))
-        } else {
-            Err(Error::Usage(format!(
-                "{flag} {value}: must be a number of seconds above 0"
-            )))
-        }
+        seconds(flag, value, Lower::AboveZero).map_err(|error| Error::Usage(error.to_string()))
     };
     let lease = positive("--lease-s", lease_s)?;
     let heartbeat = positive("--heartbeat-s", heartbeat_s)?;

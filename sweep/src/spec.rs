@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tune_core::controller::ControllerConfig;
+use tune_core::duration::{Lower, seconds};
 use tune_core::resources::{Bundle, Placement, ResourceRequest};
 use tune_core::space::Space;
 use tune_core::trial::Mode;
@@ -367,14 +368,7 @@ impl Spec {
         if self.max_concurrent == Some(0) {
             return bad("max_concurrent", "must be at least 1, got 0".into());
         }
-        if let Some(budget) = self.time_budget_s
-            && !(budget.is_finite() && budget > 0.0)
-        {
-            return bad(
-                "time_budget_s",
-                format!("must be a positive number of seconds, got {budget}"),
-            );
-        }
+        self.time_budget()?;
         if let Some(target) = self.target
             && !target.is_finite()
         {
@@ -386,15 +380,7 @@ impl Spec {
                 "is -1 (no limit) but nothing else ends the sweep: set time_budget_s or target".into(),
             );
         }
-        if !(self.trial.stop_grace_s.is_finite() && self.trial.stop_grace_s >= 0.0) {
-            return bad(
-                "trial.stop_grace_s",
-                format!(
-                    "must be a non-negative number of seconds, got {}",
-                    self.trial.stop_grace_s
-                ),
-            );
-        }
+        self.stop_grace()?;
         if let Some(uri) = &self.trial.checkpoint_storage
             && let Err(error) = tune_runtime::storage::validate_uri(uri)
         {
@@ -453,13 +439,8 @@ impl Spec {
                     "must be a non-empty MLflow experiment name".into(),
                 );
             }
-            if let Some(timeout) = tracking.flush_timeout_s
-                && !(timeout.is_finite() && timeout >= 0.0)
-            {
-                return bad(
-                    "tracking.flush_timeout_s",
-                    format!("must be a non-negative number of seconds, got {timeout}"),
-                );
+            if let Some(timeout) = tracking.flush_timeout_s {
+                seconds("tracking.flush_timeout_s", timeout, Lower::Zero)?;
             }
         }
         self.searcher.validate(&self.space)?;
@@ -513,6 +494,20 @@ impl Spec {
         }
     }
 
+    /// `time_budget_s` as a duration, checked: finite, above 0 and at most ten years.
+    pub fn time_budget(&self) -> Result<Option<Duration>> {
+        let budget = self
+            .time_budget_s
+            .map(|budget| seconds("time_budget_s", budget, Lower::AboveZero));
+        Ok(budget.transpose()?)
+    }
+
+    /// `trial.stop_grace_s` as a duration, checked: finite, at least 0 and at most ten years.
+    /// A stored spec is read through this too, so one written before the check cannot panic.
+    pub fn stop_grace(&self) -> Result<Duration> {
+        Ok(seconds("trial.stop_grace_s", self.trial.stop_grace_s, Lower::Zero)?)
+    }
+
     /// The controller settings this spec describes.
     pub fn controller_config(&self) -> Result<ControllerConfig> {
         let per_sample = self.searcher.trials_per_sample(&self.space)?;
@@ -523,7 +518,7 @@ impl Spec {
                 .ok()
                 .map(|n| n.saturating_mul(per_sample)),
             max_concurrent: self.max_concurrent.unwrap_or(1),
-            time_budget: self.time_budget_s.map(Duration::from_secs_f64),
+            time_budget: self.time_budget()?,
             target: self.target,
             max_failures: self.trial.max_failures,
             max_failed_trials: self.max_failed_trials,
@@ -652,7 +647,21 @@ stop_grace_s = 10
         );
         assert_eq!(
             check("time_budget_s = 600", "time_budget_s = -1"),
-            "setting \"time_budget_s\": must be a positive number of seconds, got -1"
+            "setting \"time_budget_s\": must be a number of seconds above 0 and at most 315576000 (10 years), got -1"
+        );
+        // Numbers a Duration cannot hold (or an Instant cannot add) are refused here, by name,
+        // instead of panicking the controller thread later.
+        assert_eq!(
+            check("time_budget_s = 600", "time_budget_s = 1e20"),
+            "setting \"time_budget_s\": must be a number of seconds above 0 and at most 315576000 (10 years), got 1e20"
+        );
+        assert_eq!(
+            check("stop_grace_s = 10", "stop_grace_s = 1e20"),
+            "setting \"trial.stop_grace_s\": must be a number of seconds at least 0 and at most 315576000 (10 years), got 1e20"
+        );
+        assert_eq!(
+            check("stop_grace_s = 10", "stop_grace_s = inf"),
+            "setting \"trial.stop_grace_s\": must be a number of seconds at least 0 and at most 315576000 (10 years), got inf"
         );
         let unbounded = QUICK
             .replace("num_samples = 100", "num_samples = -1")
@@ -861,7 +870,7 @@ stop_grace_s = 10
         .unwrap();
         assert_eq!(
             timeout.validate().unwrap_err().to_string(),
-            "setting \"tracking.flush_timeout_s\": must be a non-negative number of seconds, got -1"
+            "setting \"tracking.flush_timeout_s\": must be a number of seconds at least 0 and at most 315576000 (10 years), got -1"
         );
     }
 }

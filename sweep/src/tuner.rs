@@ -60,7 +60,7 @@ pub enum SweepStatus {
         /// Why it ended.
         cause: String,
     },
-    /// It was interrupted (Ctrl-C); `rung resume` (or `.resume(true)`) carries on.
+    /// It was interrupted (Ctrl-C or SIGTERM); `rung resume` (or `.resume(true)`) carries on.
     Interrupted,
 }
 
@@ -206,8 +206,8 @@ impl TunerBuilder {
         self.progress = progress;
         self
     }
-    /// Treat Ctrl-C as "stop for now": running trials are terminated but stay resumable.
-    /// Default true.
+    /// Treat Ctrl-C (SIGINT) and SIGTERM as "stop for now": running trials are terminated but
+    /// stay resumable; a second signal ends the process at once. Default true.
     pub fn interrupt_on_ctrl_c(mut self, enabled: bool) -> Self {
         self.interrupt_on_ctrl_c = enabled;
         self
@@ -227,6 +227,32 @@ impl TunerBuilder {
             driver: Driver::new(),
             observer: None,
         })
+    }
+}
+
+/// The signals that interrupt a sweep: SIGINT (Ctrl-C) and SIGTERM (systemd, Kubernetes,
+/// `timeout`), which ask the same thing — stop for now, resumably.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Starts catching both signals (from now on they no longer end the process at once).
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for the next of either signal and names it.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "Ctrl-C",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
     }
 }
 
@@ -311,8 +337,9 @@ impl Tuner {
         self
     }
 
-    /// Treat Ctrl-C as "stop for now" (true, the default) or leave SIGINT alone, for a host
-    /// that handles it itself (the Python bindings turn it into `KeyboardInterrupt`).
+    /// Treat Ctrl-C (SIGINT) and SIGTERM as "stop for now" (true, the default) or leave both
+    /// signals alone, for a host that handles them itself (the Python bindings turn SIGINT into
+    /// `KeyboardInterrupt`).
     pub fn with_ctrl_c(mut self, enabled: bool) -> Self {
         self.interrupt_on_ctrl_c = enabled;
         self
@@ -333,8 +360,7 @@ impl Tuner {
         E: Display + Send + 'static,
     {
         self.execute(move |spec, experiment, trials_root| {
-            let grace = Duration::from_secs_f64(spec.trial.stop_grace_s);
-            let runner = InProcessRunner::new(trainable, trials_root, grace)
+            let runner = InProcessRunner::new(trainable, trials_root, spec.stop_grace()?)
                 .with_storage(checkpoint_storage(spec)?, &experiment.name);
             Ok(Arc::new(runner) as Arc<dyn Runner>)
         })
@@ -354,7 +380,7 @@ impl Tuner {
                 command: spec.trial.command.clone(),
                 workdir: spec.trial.workdir.clone().unwrap_or_else(|| PathBuf::from(".")),
                 trials_root,
-                stop_grace: Duration::from_secs_f64(spec.trial.stop_grace_s),
+                stop_grace: spec.stop_grace()?,
                 env: spec.trial.env.clone(),
                 experiment: experiment.name.clone(),
                 checkpoint_storage: checkpoint_storage(spec)?,
@@ -378,7 +404,16 @@ impl Tuner {
         M: FnOnce(&Spec, &ExperimentInfo, PathBuf) -> Result<Arc<dyn Runner>> + Send + 'static,
     {
         let driver = std::mem::take(&mut self.driver);
-        let interrupt_on_ctrl_c = self.interrupt_on_ctrl_c;
+        // Caught from before the sweep starts, so a signal never finds rung unprepared.
+        let signals = if self.interrupt_on_ctrl_c {
+            StopSignals::install()
+                .inspect_err(|error| {
+                    tracing::warn!(%error, "cannot watch for Ctrl-C and SIGTERM; they end rung at once");
+                })
+                .ok()
+        } else {
+            None
+        };
         let handle = driver.handle();
         let runtime = tokio::runtime::Handle::current();
         let (answer, result) = tokio::sync::oneshot::channel();
@@ -388,18 +423,18 @@ impl Tuner {
                 let _ = answer.send(self.drive(driver, runtime, make_runner));
             })
             .map_err(|e| Error::Internal(format!("cannot start the controller thread: {e}")))?;
-        let watch_ctrl_c = interrupt_on_ctrl_c;
         let interrupt = tokio::spawn(async move {
-            if watch_ctrl_c && tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "\ninterrupted: stopping running trials (they resume from their checkpoints); Ctrl-C again to quit at once"
-                );
-                handle.interrupt();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    // Everything answered so far is committed; trial processes die with us.
-                    std::process::exit(130);
-                }
-            }
+            let Some(mut signals) = signals else {
+                return;
+            };
+            let first = signals.next().await;
+            eprintln!(
+                "\ninterrupted ({first}): stopping running trials (they resume from their checkpoints); Ctrl-C or SIGTERM again to quit at once"
+            );
+            handle.interrupt();
+            signals.next().await;
+            // Everything answered so far is committed; trial processes die with us.
+            std::process::exit(130);
         });
         let result = result
             .await
@@ -480,7 +515,7 @@ impl Tuner {
             runtime,
             observer,
             max_concurrent: self.max_concurrent,
-            interrupt_grace: Duration::from_secs_f64(spec.trial.stop_grace_s) + Duration::from_secs(2),
+            interrupt_grace: spec.stop_grace()? + Duration::from_secs(2),
             on_commit: tracker.as_ref().map(Tracker::hook),
         };
         let end = driver.run(setup);
@@ -572,4 +607,40 @@ fn check_storage(spec: &Spec, runtime: &tokio::runtime::Handle) -> Result<()> {
 
 fn storage_error(error: StorageError) -> Error {
     Error::setting(storage::SETTING, format!("\"{}\": {}", error.uri, error.reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builder_refuses_durations_that_would_panic_the_controller() {
+        let builder = || Tuner::builder().metric("loss", Mode::Min).max_concurrent(1);
+        let error = builder()
+            .time_budget(Duration::from_secs(u64::MAX))
+            .build()
+            .err()
+            .expect("a budget of 584 billion years is refused");
+        assert!(error.is_bad_input());
+        assert_eq!(
+            error.to_string(),
+            "setting \"time_budget_s\": must be a number of seconds above 0 and at most 315576000 (10 years), got 1.8446744073709552e19"
+        );
+        let error = builder()
+            .stop_grace(Duration::from_secs(400_000_000))
+            .build()
+            .err()
+            .expect("a grace of 12 years is refused");
+        assert_eq!(
+            error.to_string(),
+            "setting \"trial.stop_grace_s\": must be a number of seconds at least 0 and at most 315576000 (10 years), got 400000000"
+        );
+        assert!(
+            builder()
+                .time_budget(Duration::from_secs(3600))
+                .stop_grace(Duration::ZERO)
+                .build()
+                .is_ok()
+        );
+    }
 }

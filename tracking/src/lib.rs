@@ -40,6 +40,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use tune_core::controller::Record;
+use tune_core::duration::{Lower, seconds};
 use tune_core::trial::Mode;
 use tune_runtime::driver::CommitHook;
 use tune_runtime::store::ExperimentInfo;
@@ -146,6 +147,10 @@ impl TrackerSettings {
             ("searcher".to_owned(), sweep.searcher.clone()),
             ("scheduler".to_owned(), sweep.scheduler.clone()),
         ];
+        let flush_timeout = match tracking.flush_timeout_s {
+            Some(timeout) => seconds("tracking.flush_timeout_s", timeout, Lower::Zero)?,
+            None => DEFAULT_FLUSH_TIMEOUT,
+        };
         Ok(TrackerSettings {
             uri,
             mlflow_experiment: tracking.experiment.clone().unwrap_or_else(|| experiment.name.clone()),
@@ -158,9 +163,7 @@ impl TrackerSettings {
             created_ms: experiment.created_at.saturating_mul(1000),
             parent_params,
             capacity: DEFAULT_CAPACITY,
-            flush_timeout: tracking
-                .flush_timeout_s
-                .map_or(DEFAULT_FLUSH_TIMEOUT, Duration::from_secs_f64),
+            flush_timeout,
         })
     }
 }

@@ -632,7 +632,7 @@ impl Controller {
                 .progress
                 .best
                 .is_none_or(|(_, best, _)| self.config.mode.is_better(value, best))
-            && !value.is_nan()
+            && value.is_finite()
         {
             self.progress.best = Some((trial, value, report.step));
         }

@@ -27,9 +27,13 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The value as a score where higher is better; NaN ranks below everything, even -inf.
+    /// The value as a score where higher is better.
+    ///
+    /// This is the one place where a metric value becomes a rank: NaN, `Infinity` and
+    /// `-Infinity` all score `-inf` in both modes, below every finite value, so a trial that
+    /// reports `-Infinity` under `min` (or `Infinity` under `max`) ranks worst, never best.
     pub fn score(self, value: f64) -> f64 {
-        if value.is_nan() {
+        if !value.is_finite() {
             return f64::NEG_INFINITY;
         }
         match self {
@@ -38,13 +42,16 @@ impl Mode {
         }
     }
 
-    /// Whether `candidate` is strictly better than `incumbent` (NaN is never better).
+    /// Whether `candidate` is strictly better than `incumbent` (a non-finite value never is).
     pub fn is_better(self, candidate: f64, incumbent: f64) -> bool {
-        !candidate.is_nan() && (incumbent.is_nan() || self.score(candidate) > self.score(incumbent))
+        self.score(candidate) > self.score(incumbent)
     }
 
-    /// Whether `value` reaches `target` (NaN never does).
+    /// Whether `value` reaches `target` (NaN and infinities never do).
     pub fn reaches(self, value: f64, target: f64) -> bool {
+        if !value.is_finite() {
+            return false;
+        }
         match self {
             Mode::Min => value <= target,
             Mode::Max => value >= target,
@@ -228,17 +235,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nan_ranks_worst_in_both_modes() {
+    fn nan_and_infinities_rank_worst_in_both_modes() {
+        let non_finite = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
         for mode in [Mode::Min, Mode::Max] {
-            for other in [f64::INFINITY, f64::NEG_INFINITY, 0.0, -1e300] {
-                assert!(mode.score(f64::NAN) <= mode.score(other));
+            for bad in non_finite {
+                assert_eq!(mode.score(bad), f64::NEG_INFINITY, "{mode} {bad}");
+                for finite in [0.0, -1e300, 1e300, f64::MAX, f64::MIN] {
+                    assert!(mode.score(bad) < mode.score(finite), "{mode}: {bad} vs {finite}");
+                    assert!(!mode.is_better(bad, finite), "{mode}: {bad} better than {finite}");
+                    assert!(mode.is_better(finite, bad), "{mode}: {finite} not better than {bad}");
+                }
+                for other in non_finite {
+                    assert!(!mode.is_better(bad, other), "{mode}: {bad} better than {other}");
+                }
+                for target in [0.0, 1e300, -1e300] {
+                    assert!(!mode.reaches(bad, target), "{mode}: {bad} reaches {target}");
+                }
             }
-            assert!(!mode.is_better(f64::NAN, 1.0));
-            assert!(mode.is_better(1.0, f64::NAN));
-            assert!(!mode.reaches(f64::NAN, 0.0));
         }
         assert!(Mode::Min.is_better(0.1, 0.2));
         assert!(Mode::Max.is_better(0.2, 0.1));
+        assert!(Mode::Min.reaches(-1e300, 0.0));
+        assert!(Mode::Max.reaches(1e300, 0.0));
     }
 
     #[test]

@@ -339,6 +339,90 @@ fn nan_is_kept_but_never_best() {
 }
 
 #[test]
+fn infinities_never_reach_the_target_nor_rank_best() {
+    // mode = "min", target = 0: a -Infinity is not a loss below 0, it is no result at all.
+    let mut c = started(ControllerConfig {
+        target: Some(0.0),
+        max_trials: None,
+        ..config()
+    });
+    for (trial, value) in [(1, f64::NEG_INFINITY), (2, f64::INFINITY)] {
+        let commands = c.handle(&report(trial, 1, value), T0);
+        if value < 0.0 {
+            // (The test scheduler stops anything above 0.5, so +inf is stopped by it, not the target.)
+            assert_eq!(decision(&commands), Some(Decision::Continue), "{value}");
+        }
+        assert!(
+            !commands.iter().any(|c| matches!(c, Command::Stop { .. })),
+            "{value}: {commands:?}"
+        );
+        assert!(!c.is_finished());
+        assert_eq!(c.progress().best, None, "{value} is never the best");
+    }
+    c.handle(&report(1, 2, 0.3), T0);
+    assert_eq!(c.progress().best, Some((TrialId(1), 0.3, 2)));
+    c.handle(&report(1, 3, f64::NEG_INFINITY), T0);
+    assert_eq!(
+        c.progress().best,
+        Some((TrialId(1), 0.3, 2)),
+        "a later -inf does not win either"
+    );
+    let hit = c.handle(&report(1, 4, -0.5), T0);
+    assert_eq!(
+        decision(&hit),
+        Some(Decision::Stop),
+        "a finite value below the target reaches it"
+    );
+}
+
+#[test]
+fn best_trial_ranks_nan_and_infinities_last() {
+    let row = |id: u64, value: f64| TrialRow {
+        id: TrialId(id),
+        status: TrialStatus::Terminated(EndReason::Completed),
+        config: serde_json::from_value(json!({"x": id})).unwrap(),
+        failures: 0,
+        launches: 1,
+        last: None,
+        best: Some((value, 1)),
+        error: None,
+    };
+    for mode in [Mode::Min, Mode::Max] {
+        let rows = [
+            row(1, f64::NEG_INFINITY),
+            row(2, f64::INFINITY),
+            row(3, 1e300),
+            row(4, f64::NAN),
+            row(5, -1e300),
+        ];
+        let best = best_trial(&rows, mode).map(|t| t.id);
+        let expected = if mode == Mode::Min { TrialId(5) } else { TrialId(3) };
+        assert_eq!(best, Some(expected), "{mode}");
+    }
+    // With nothing finite, the first trial stands (all rank equally worst).
+    let rows = [row(1, f64::NAN), row(2, f64::NEG_INFINITY), row(3, f64::INFINITY)];
+    assert_eq!(best_trial(&rows, Mode::Min).map(|t| t.id), Some(TrialId(1)));
+}
+
+#[test]
+fn keep_policy_ranks_infinite_checkpoints_worst() {
+    let mut c = started(ControllerConfig {
+        checkpoint_keep: Some(1),
+        ..config()
+    });
+    let mut deleted = Vec::new();
+    for (step, loss) in [(1, 0.5), (2, f64::NEG_INFINITY), (3, 0.7)] {
+        let commands = c.handle(&reported(1, step, loss, Some(&format!("/ck/{step}"))), T0);
+        deleted.extend(commands.into_iter().filter_map(|c| match c {
+            Command::DeleteCheckpoint { path, .. } => Some(path),
+            _ => None,
+        }));
+    }
+    // Kept: the best (step 1) and the latest (step 3); the -inf one is the worst, not the best.
+    assert_eq!(deleted, ["/ck/2"]);
+}
+
+#[test]
 fn too_many_failed_trials_end_the_sweep() {
     let mut c = started(ControllerConfig {
         max_failures: 0,
