@@ -3,11 +3,15 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Sandbox, stderr, stdout};
+use rung::remote::Remote;
 use rung::tune_core::trial::TrialStatus;
+use rung::tune_proto::v1;
+use rung::tune_proto::v1::trials_client::TrialsClient;
 use rung::tune_runtime::store::Store;
 
 /// A spec whose trials run `sh trial.sh {x}` for x in 1..=`points` (a grid), one at a time.
@@ -306,4 +310,133 @@ fn sigterm_stops_the_sweep_for_now_and_resume_finishes_it() {
         trials.iter().any(|t| t.launches == 2),
         "an interrupted trial was relaunched"
     );
+}
+
+// ---- 1: checkpoint confinement ----------------------------------------------------------------
+
+#[test]
+fn a_worker_cannot_make_the_server_delete_outside_the_trials_checkpoint_root() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    let _light = common::light();
+    let sandbox = Sandbox::new();
+    // Trials go to workers that ask; the keep policy deletes every checkpoint but the best.
+    sandbox.write(
+        "ask.toml",
+        "name = \"ask\"\nmetric = \"loss\"\nmode = \"min\"\nnum_samples = 1\nmax_concurrent = 1\nseed = 3\n\n\
+         [space]\nlr = { uniform = [0.0, 1.0] }\n\n[trial]\ncheckpoint_keep = 1\n",
+    );
+    let precious = sandbox.path("precious");
+    std::fs::create_dir_all(&precious).unwrap();
+    std::fs::write(precious.join("data"), "keep me").unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rung"));
+    command
+        .args(["serve", "--db", "server.db", "--listen", "127.0.0.1:0", "ask.toml"])
+        .current_dir(sandbox.dir.path());
+    let server = common::Proc::spawn("server", command);
+    let line = server.wait_for_line("serving", Duration::from_secs(30));
+    let url = line
+        .split_whitespace()
+        .find(|word| word.starts_with("http"))
+        .expect("the URL is printed")
+        .to_owned();
+    let root = std::fs::canonicalize(sandbox.dir.path())
+        .unwrap()
+        .join("server_trials/ask/t1/checkpoints");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let remote = Remote {
+            url,
+            token: None,
+            ca_cert: None,
+        };
+        let mut trials = TrialsClient::new(remote.channel().await.unwrap());
+        let assignment = trials
+            .ask(v1::AskRequest {
+                experiment: "ask".into(),
+                worker: "w".into(),
+                wait_ms: 5_000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .assignment
+            .expect("a trial to run");
+        assert_eq!(
+            assignment.checkpoint_root,
+            root.display().to_string(),
+            "the worker is told its root"
+        );
+        let reference = assignment.trial.unwrap();
+        let report = |step: u64, loss: f64, checkpoint: &Path| v1::ReportRequest {
+            trial: Some(reference.clone()),
+            step,
+            metrics: [("loss".to_owned(), loss)].into(),
+            checkpoint: checkpoint.display().to_string(),
+        };
+
+        // A checkpoint outside the root, in a report or declared on its own: refused, naming both.
+        let outside = [
+            precious.clone(),
+            root.join("../../t2/checkpoints/step_1"),
+            root.clone(),
+            PathBuf::from("relative/step_1"),
+        ];
+        for path in &outside {
+            let error = trials.report(report(1, 0.5, path)).await.unwrap_err();
+            assert_eq!(error.code(), tonic::Code::InvalidArgument, "{path:?}: {error:?}");
+            assert!(
+                error.message().contains(&format!("{:?}", path.display().to_string()))
+                    && error.message().contains(&format!("{:?}", root.display().to_string())),
+                "{error:?}"
+            );
+        }
+        // Inside the root: taken.
+        for step in [1, 2] {
+            std::fs::create_dir_all(root.join(format!("step_{step}"))).unwrap();
+        }
+        let first = trials
+            .report(report(1, 0.5, &root.join("step_1")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first.decision(), v1::Decision::Continue);
+        assert!(!first.duplicate, "the refused reports did not count");
+        let error = trials
+            .checkpoint(v1::CheckpointRequest {
+                trial: Some(reference.clone()),
+                checkpoint: Some(v1::CheckpointLocation {
+                    step: 1,
+                    path: precious.display().to_string(),
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
+        // A better step 2: the keep policy drops step 1 — inside the root, where rung may delete.
+        let second = trials
+            .report(report(2, 0.4, &root.join("step_2")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(second.decision(), v1::Decision::Continue);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while root.join("step_1").exists() {
+            assert!(Instant::now() < deadline, "the dropped checkpoint was never deleted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        trials
+            .finish(v1::FinishRequest {
+                trial: Some(reference.clone()),
+                success: true,
+                reason: String::new(),
+            })
+            .await
+            .unwrap();
+    });
+    assert!(root.join("step_2").is_dir(), "the kept checkpoint stays");
+    assert_eq!(std::fs::read_to_string(precious.join("data")).unwrap(), "keep me");
 }

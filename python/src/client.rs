@@ -28,8 +28,9 @@ fn status_to_py(status: tonic::Status) -> PyErr {
     }
 }
 
-/// A trial handed out by `Ask`: (trial number, launch number, config JSON, restore step and path).
-type Assignment = (u64, u32, String, Option<(u64, String)>);
+/// A trial handed out by `Ask`: (trial number, launch number, config JSON, restore step and path,
+/// checkpoint root).
+type Assignment = (u64, u32, String, Option<(u64, String)>, Option<String>);
 
 /// A connection to a controller's `Trials` service.
 #[pyclass(frozen, module = "rung._rung")]
@@ -102,6 +103,7 @@ impl NativeClient {
                 trial.attempt,
                 a.config_json,
                 a.restore.map(|r| (r.step, r.path)),
+                Some(a.checkpoint_root).filter(|root| !root.is_empty()),
             ))
         });
         Ok((answer.finished, assignment))

@@ -330,7 +330,11 @@ impl Driver {
                         }
                     }
                     Command::DeleteCheckpoint { trial, path } => {
-                        if crate::storage::is_remote(&path) {
+                        if !crate::storage::is_checkpoint_of(&path, &experiment.name, trial) {
+                            // Reports are checked where they come in; this is the last guard:
+                            // nothing that is not a checkpoint folder of this trial is deleted.
+                            tracing::warn!(%trial, %path, "not deleting a checkpoint outside the trial's checkpoint folders");
+                        } else if crate::storage::is_remote(&path) {
                             // Off this thread: an object store may be slow or down, the sweep is not.
                             deletions.retain(|deletion| !deletion.is_finished());
                             deletions.push(runtime.spawn(async move {

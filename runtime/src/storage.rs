@@ -439,6 +439,74 @@ pub fn is_remote(location: &str) -> bool {
     location.contains("://")
 }
 
+/// The object-store root of a trial's checkpoints: `<storage>/<experiment>/<trial>`, what
+/// [`CheckpointStorage::commit`] uploads each of its checkpoints under.
+pub fn remote_checkpoint_root(storage: &str, experiment: &str, trial: TrialId) -> String {
+    format!("{}/{experiment}/{trial}", storage.trim().trim_end_matches('/'))
+}
+
+/// The folder root of a trial's checkpoints: `<trials_root>/<trial>/checkpoints`, where
+/// [`CheckpointStorage::commit`] keeps each of its checkpoints in a folder of its own.
+pub fn local_checkpoint_root(trials_root: &Path, trial: TrialId) -> String {
+    TrialFiles::new(trials_root, trial).checkpoints().display().to_string()
+}
+
+/// Whether the checkpoint `location` lies strictly inside `root`: both object-store URIs or
+/// both absolute folders, the location below the root by at least one segment, and no `.` or
+/// `..` after the root (nothing that could climb out of it).
+pub fn is_inside(location: &str, root: &str) -> bool {
+    if is_remote(location) != is_remote(root) {
+        return false;
+    }
+    if is_remote(location) {
+        let Some(rest) = location
+            .strip_prefix(root.trim_end_matches('/'))
+            .and_then(|rest| rest.strip_prefix('/'))
+        else {
+            return false;
+        };
+        let rest = rest.trim_end_matches('/');
+        return !rest.is_empty() && rest.split('/').all(|segment| !matches!(segment, "" | "." | ".."));
+    }
+    let location = Path::new(location);
+    location.is_absolute()
+        && location.strip_prefix(root).is_ok_and(|rest| {
+            rest.components().next().is_some()
+                && rest
+                    .components()
+                    .all(|component| matches!(component, std::path::Component::Normal(_)))
+        })
+}
+
+/// Whether `location` has the shape of a checkpoint rung keeps for `trial` of `experiment`:
+/// below `<experiment>/<trial>/checkpoints/` for a folder, below `<experiment>/<trial>/` for an
+/// object-store URI, with no `.` or `..` anywhere. The driver deletes nothing else, whatever a
+/// report claimed.
+pub fn is_checkpoint_of(location: &str, experiment: &str, trial: TrialId) -> bool {
+    let trial = trial.to_string();
+    let (path, owned): (&str, &[&str]) = if is_remote(location) {
+        let Some((_, path)) = location.split_once("://") else {
+            return false;
+        };
+        (path, &[experiment, &trial])
+    } else {
+        if !Path::new(location).is_absolute() {
+            return false;
+        }
+        (location, &[experiment, &trial, "checkpoints"])
+    };
+    let segments: Vec<&str> = path.split('/').filter(|segment| !segment.is_empty()).collect();
+    if segments.iter().any(|segment| matches!(*segment, "." | "..")) {
+        return false;
+    }
+    // The owned segments, then at least one more (the checkpoint itself).
+    segments.len() > owned.len()
+        && segments
+            .windows(owned.len())
+            .take(segments.len() - owned.len())
+            .any(|window| window == owned)
+}
+
 /// Makes the checkpoint at `location` available on this machine for a trial to restore from:
 /// a folder is used as it is; an object-store checkpoint is downloaded (with retries) into a
 /// fresh `restore` folder of the trial's files.
@@ -677,6 +745,66 @@ fn describe(error: &object_store::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_is_inside_its_root_or_refused() {
+        let root = "/work/rung_trials/exp/t3/checkpoints";
+        assert!(is_inside("/work/rung_trials/exp/t3/checkpoints/step_00000002", root));
+        assert!(is_inside("/work/rung_trials/exp/t3/checkpoints/a/b", root));
+        for outside in [
+            "/some/dir",
+            "/work/rung_trials/exp/t3/checkpoints",
+            "/work/rung_trials/exp/t3/checkpoints/",
+            "/work/rung_trials/exp/t3/checkpoints/../../t4/checkpoints/step_1",
+            "/work/rung_trials/exp/t3/checkpoints/..",
+            "/work/rung_trials/exp/t3/checkpointsx/step_1",
+            "work/rung_trials/exp/t3/checkpoints/step_1",
+            "s3://bucket/work/rung_trials/exp/t3/checkpoints/step_1",
+            "",
+        ] {
+            assert!(!is_inside(outside, root), "{outside:?} passed");
+        }
+        let root = remote_checkpoint_root("s3://bucket/prefix/ ", "exp", TrialId(3));
+        assert_eq!(root, "s3://bucket/prefix/exp/t3");
+        assert!(is_inside("s3://bucket/prefix/exp/t3/7/", &root));
+        for outside in [
+            "s3://bucket/prefix/exp/t3",
+            "s3://bucket/prefix/exp/t3/",
+            "s3://bucket/prefix/exp/t30/7/",
+            "s3://bucket/prefix/exp/t3/../t4/7/",
+            "s3://bucket/prefix/exp/t3//7",
+            "s3://other/prefix/exp/t3/7/",
+            "/bucket/prefix/exp/t3/7",
+        ] {
+            assert!(!is_inside(outside, &root), "{outside:?} passed");
+        }
+        assert_eq!(
+            local_checkpoint_root(Path::new("/w/exp"), TrialId(3)),
+            "/w/exp/t3/checkpoints"
+        );
+    }
+
+    #[test]
+    fn only_checkpoints_of_the_trial_have_its_shape() {
+        let t3 = TrialId(3);
+        assert!(is_checkpoint_of("/w/exp/t3/checkpoints/step_00000002", "exp", t3));
+        assert!(is_checkpoint_of("s3://b/p/exp/t3/2/", "exp", t3));
+        assert!(is_checkpoint_of("file:///mnt/ck/exp/t3/2/", "exp", t3));
+        for other in [
+            "/some/dir",
+            "/w/exp/t3/checkpoints",
+            "/w/exp/t3/checkpoints/",
+            "/w/exp/t4/checkpoints/step_1",
+            "/w/other/t3/checkpoints/step_1",
+            "/w/exp/t3/checkpoints/../../../../etc",
+            "w/exp/t3/checkpoints/step_1",
+            "s3://b/p/exp/t3",
+            "s3://b/p/exp/t3/../../x",
+            "",
+        ] {
+            assert!(!is_checkpoint_of(other, "exp", t3), "{other:?} passed");
+        }
+    }
 
     fn error_of(uri: &str) -> String {
         match CheckpointStorage::parse(uri) {

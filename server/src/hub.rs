@@ -6,6 +6,7 @@
 //! [`TrialLink`], exactly as a local runner's do, and the driver answers after its group commit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use tune_core::resources::{Inventory, ResourceRequest};
 use tune_core::trial::{Decision, Metrics, Report, TrialId};
 use tune_proto::v1;
 use tune_runtime::driver::{DriverHandle, TrialLink};
+use tune_runtime::storage;
 
 use tune_sweep::spec::Spec;
 
@@ -57,6 +59,36 @@ impl Place {
     fn on(&self, agent: &str) -> bool {
         matches!(self, Place::Agent { allocation, .. } if allocation.bundles.iter().any(|b| b.agent == agent))
     }
+}
+
+/// Where a trial's checkpoints may lie: under the experiment's checkpoint storage
+/// (`<storage>/<experiment>/<trial>`) when it has one, and in the trial's `checkpoints` folder
+/// on the machine that runs it — `<work_dir>/<experiment>/<trial>/checkpoints` on each agent of
+/// its place, or the server's own trial folder for a worker that asked for it. The first root
+/// is the one a worker is told.
+pub fn checkpoint_roots(
+    experiment: &Experiment,
+    trial: TrialId,
+    place: &Place,
+    agents: &BTreeMap<String, Agent>,
+) -> Vec<String> {
+    let mut roots = Vec::new();
+    if let Some(uri) = &experiment.spec.trial.checkpoint_storage {
+        roots.push(storage::remote_checkpoint_root(uri, &experiment.name, trial));
+    }
+    match place {
+        Place::Agent { allocation, .. } => {
+            for agent in allocation.agents() {
+                if let Some(work_dir) = agents.get(agent).and_then(|a| a.work_dir.as_ref()) {
+                    roots.push(storage::local_checkpoint_root(&work_dir.join(&experiment.name), trial));
+                }
+            }
+        }
+        Place::Asked { .. } | Place::AskQueue | Place::Queued { .. } => {
+            roots.push(storage::local_checkpoint_root(&experiment.trials_root, trial));
+        }
+    }
+    roots
 }
 
 /// The agents of an allocation, one per process: one for `pack`, one per bundle for `spread`.
@@ -141,6 +173,9 @@ pub struct Experiment {
     pub elapsed_ms: u64,
     /// When it started running in this server, while it runs.
     pub running_since: Option<Instant>,
+    /// The server's own folder of its trials (`<store stem>_trials/<experiment>/`): where a
+    /// worker that `Ask`s keeps a trial's checkpoints, in `<trial>/checkpoints/`.
+    pub trials_root: PathBuf,
 }
 
 impl Experiment {
@@ -173,6 +208,8 @@ pub struct Agent {
     pub lost: bool,
     /// The trials placed on it.
     pub trials: BTreeSet<TrialKey>,
+    /// Its `--work-dir` (trial folders are `<work_dir>/<experiment>/<trial>/`), when it said.
+    pub work_dir: Option<PathBuf>,
 }
 
 /// The server's state.
@@ -412,6 +449,39 @@ impl Hub {
         Ok(live)
     }
 
+    /// Refuses a checkpoint `path` a report names unless it lies inside one of the trial's
+    /// checkpoint roots (see [`checkpoint_roots`]): the controller deletes the checkpoints its
+    /// keep policy drops, so a path elsewhere (`/home/me`) must never get that far.
+    fn confine_checkpoint(&self, reference: &v1::TrialRef, path: &str) -> Result<(), Refusal> {
+        let trial = TrialId(reference.trial);
+        let Some((entry, live)) = self
+            .experiments
+            .get(&reference.experiment)
+            .and_then(|entry| Some((entry, entry.trials.get(&trial)?)))
+        else {
+            return Err(Refusal::NotFound(format!(
+                "experiment \"{}\" has no running trial {trial}",
+                reference.experiment
+            )));
+        };
+        let roots = checkpoint_roots(entry, trial, &live.place, &self.agents);
+        if roots.iter().any(|root| storage::is_inside(path, root)) {
+            return Ok(());
+        }
+        let roots = if roots.is_empty() {
+            "none: its agent did not say its --work-dir".to_owned()
+        } else {
+            roots
+                .iter()
+                .map(|root| format!("{root:?}"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
+        Err(Refusal::Invalid(format!(
+            "checkpoint {path:?} of trial {trial} is outside the trial's checkpoint root ({roots}); a checkpoint must lie inside it"
+        )))
+    }
+
     /// A report from an agent or a trial process. `Ok(Err(decision))` answers a repeated step
     /// at once; `Ok(Ok(future))` resolves to the decision once the driver committed it.
     #[allow(clippy::type_complexity)]
@@ -435,6 +505,10 @@ impl Hub {
         if live.last_step.is_some_and(|last| step <= last) {
             return Ok(Err(live.last_decision));
         }
+        if !checkpoint.is_empty() {
+            self.confine_checkpoint(reference, checkpoint)?;
+        }
+        let live = self.live_mut(reference, agent)?;
         live.last_step = Some(step);
         let checkpoint = (!checkpoint.is_empty()).then(|| checkpoint.to_owned());
         Ok(Ok(Box::pin(
@@ -476,6 +550,8 @@ impl Hub {
                 )));
             }
         }
+        self.confine_checkpoint(reference, path)?;
+        let live = self.live_mut(reference, None)?;
         // A repeated step with a checkpoint: the controller keeps the checkpoint, counts nothing.
         Ok(Box::pin(live.link.send_report(
             Report {
@@ -574,7 +650,7 @@ impl Hub {
                 worker: worker.to_owned(),
                 deadline: Instant::now() + self.worker_lease,
             };
-            return Ok(Some(v1::TrialAssignment {
+            let mut assignment = v1::TrialAssignment {
                 trial: Some(v1::TrialRef {
                     experiment: experiment.to_owned(),
                     trial: trial.0,
@@ -585,13 +661,27 @@ impl Hub {
                     step: r.step,
                     path: r.path.clone(),
                 }),
-            }));
+                checkpoint_root: String::new(),
+            };
+            let place = live.place.clone();
+            assignment.checkpoint_root = checkpoint_roots(entry, trial, &place, &self.agents)
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            return Ok(Some(assignment));
         }
         Ok(None)
     }
 
     /// Registers an agent (or one coming back under its previous id).
-    pub fn register(&mut self, id: String, name: String, inventory: Inventory, now: Instant) {
+    pub fn register(
+        &mut self,
+        id: String,
+        name: String,
+        inventory: Inventory,
+        work_dir: Option<PathBuf>,
+        now: Instant,
+    ) {
         self.cluster.add_agent(&id, inventory.clone());
         match self.agents.get_mut(&id) {
             Some(agent) => {
@@ -608,6 +698,7 @@ impl Hub {
                 }
                 agent.name = name;
                 agent.inventory = inventory;
+                agent.work_dir = work_dir;
                 agent.lost = false;
                 agent.lease_until = now + self.lease;
             }
@@ -622,6 +713,7 @@ impl Hub {
                         outbox: Vec::new(),
                         lease_until: now + self.lease,
                         lost: false,
+                        work_dir,
                         trials: BTreeSet::new(),
                     },
                 );

@@ -133,7 +133,7 @@ pub async fn serve(
     for info in existing.iter().filter(|e| e.is_finished()) {
         let spec: Spec = serde_json::from_str(&info.spec).map_err(tune_runtime::Error::from)?;
         let progress = stored_progress(&shared.config.db, info.id, &spec).await?;
-        let entry = experiment_entry(info, Arc::new(spec), progress);
+        let entry = experiment_entry(&shared.config.db, info, Arc::new(spec), progress);
         let mut hub = shared.hub();
         let mut entry = entry;
         entry.state = RunState::Finished(info.end_cause.clone().unwrap_or_default());
@@ -269,8 +269,14 @@ enum Start {
     Resume(String),
 }
 
-fn experiment_entry(info: &tune_runtime::store::ExperimentInfo, spec: Arc<Spec>, progress: Progress) -> Experiment {
+fn experiment_entry(
+    db: &std::path::Path,
+    info: &tune_runtime::store::ExperimentInfo,
+    spec: Arc<Spec>,
+    progress: Progress,
+) -> Experiment {
     Experiment {
+        trials_root: tune_sweep::tuner::trials_root(db, &info.name),
         name: info.name.clone(),
         external: spec.trial.command.is_empty(),
         request: spec.trial.resource_request(),
@@ -352,8 +358,14 @@ async fn start_experiment(shared: &Arc<Shared>, start: Start) -> Result<String> 
     let (tuner, handle) = handle;
     let (named, name) = oneshot::channel::<String>();
     let runner_shared = Arc::clone(shared);
-    let run = tokio::spawn(tuner.run_with_runner(move |spec, info, _trials_root| {
-        let mut entry = experiment_entry(info, Arc::new(spec.clone()), Progress::default());
+    let run = tokio::spawn(tuner.run_with_runner(move |spec, info, trials_root| {
+        let mut entry = experiment_entry(
+            &runner_shared.config.db,
+            info,
+            Arc::new(spec.clone()),
+            Progress::default(),
+        );
+        entry.trials_root = trials_root;
         entry.handle = Some(handle);
         entry.running_since = Some(Instant::now());
         *name_cell.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.name.clone());

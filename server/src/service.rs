@@ -272,6 +272,8 @@ impl Agents for Service {
             .inventory
             .ok_or_else(|| Status::invalid_argument("inventory is missing"))?;
         let inventory = inventory_from_proto(inventory)?;
+        // Where its trials keep their folders: their checkpoints must lie there.
+        let work_dir = Some(std::path::PathBuf::from(&request.work_dir)).filter(|dir| dir.is_absolute());
         let id = if request.previous_id.is_empty() {
             new_agent_id(&request.name)
         } else {
@@ -280,7 +282,7 @@ impl Agents for Service {
         tracing::info!(agent = %id, name = %request.name, inventory = %inventory.describe(), "agent registered");
         self.shared
             .hub()
-            .register(id.clone(), request.name, inventory, Instant::now());
+            .register(id.clone(), request.name, inventory, work_dir, Instant::now());
         self.shared.place_now();
         Ok(Response::new(v1::RegisterResponse {
             agent_id: id,

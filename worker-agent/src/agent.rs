@@ -248,6 +248,7 @@ async fn session(shared: &Arc<Shared>, endpoint: Endpoint) -> Result<(), String>
                 inventory: Some(inventory_to_proto(&config.inventory)),
                 previous_id: previous,
                 version: env!("CARGO_PKG_VERSION").into(),
+                work_dir: config.work_dir.display().to_string(),
             },
         ))
         .await

@@ -43,6 +43,7 @@ class AssignedTrial:
         attempt: int,
         config: Dict[str, Any],
         restore: Optional[Tuple[int, str]],
+        checkpoint_root: Optional[str] = None,
     ) -> None:
         self._native = native
         self.experiment = experiment
@@ -50,6 +51,9 @@ class AssignedTrial:
         self.attempt = attempt
         self.config = config
         self.restore = restore
+        # Where this trial's checkpoints must lie (a folder, or an object-store URI): the server
+        # refuses a checkpoint path outside it with ValueError.
+        self.checkpoint_root = checkpoint_root
         self.finished = False
         # A trial launched by an agent ends when its process does: the agent says so.
         self._agent_ends_it = False
@@ -173,6 +177,7 @@ class Client:
             int(os.environ.get("RUNG_ATTEMPT", "0")),
             json.loads(os.environ.get("RUNG_CONFIG", "{}")),
             None,
+            os.path.join(os.environ["RUNG_TRIAL_DIR"], "checkpoints") if os.environ.get("RUNG_TRIAL_DIR") else None,
         )
         trial._agent_ends_it = True
         return trial
@@ -183,8 +188,8 @@ class Client:
         _finished, assignment = self._native.ask(experiment, worker or socket.gethostname(), float(wait))
         if assignment is None:
             return None
-        number, attempt, config_json, restore = assignment
-        return AssignedTrial(self._native, experiment, number, attempt, json.loads(config_json), restore)
+        number, attempt, config_json, restore, checkpoint_root = assignment
+        return AssignedTrial(self._native, experiment, number, attempt, json.loads(config_json), restore, checkpoint_root)
 
     def trials(self, experiment: str, *, worker: Optional[str] = None, wait: float = 30.0) -> Iterator[AssignedTrial]:
         """Yields trials of ``experiment`` until it has ended."""
@@ -192,8 +197,10 @@ class Client:
         while True:
             finished, assignment = self._native.ask(experiment, name, float(wait))
             if assignment is not None:
-                number, attempt, config_json, restore = assignment
-                yield AssignedTrial(self._native, experiment, number, attempt, json.loads(config_json), restore)
+                number, attempt, config_json, restore, checkpoint_root = assignment
+                yield AssignedTrial(
+                    self._native, experiment, number, attempt, json.loads(config_json), restore, checkpoint_root
+                )
             elif finished:
                 return
 
