@@ -257,6 +257,9 @@ async fn run_process_inner<S: TrialSink>(config: &ProcessConfig, launch: &Launch
             }
             Err(reason) => {
                 log_line(&mut log, &format!("== rung: {reason}")).await;
+                if let Some(file) = &mut log {
+                    let _ = file.flush().await;
+                }
                 return Outcome::Failed {
                     reason: reason.to_string(),
                 };
@@ -303,6 +306,11 @@ async fn run_process_inner<S: TrialSink>(config: &ProcessConfig, launch: &Launch
     let log_task = tokio::spawn(async move {
         while let Some(line) = log_receiver.recv().await {
             log_line(&mut log, &line).await;
+        }
+        // A tokio file hands each write to a blocking thread and may return before it is done:
+        // flush, so that the whole log is on disk when the trial's outcome is reported.
+        if let Some(file) = &mut log {
+            let _ = file.flush().await;
         }
     });
 
