@@ -251,29 +251,9 @@ fn sigterm_stops_the_sweep_for_now_and_resume_finishes_it() {
         .spawn()
         .unwrap();
     // Signal once a trial runs with a committed checkpoint (it is mid-run: 40 steps to make).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let running_with_checkpoint = Store::open(&sandbox.path("rung.db")).ok().and_then(|store| {
-            let info = store.experiment(None).ok()?;
-            let trials = store.trials(info.id).ok()?;
-            let checkpoints = store.checkpoints(info.id).ok()?;
-            Some(trials.iter().any(|t| {
-                t.status == TrialStatus::Running && checkpoints.iter().any(|c| c.trial == t.id && c.step + 6 <= 40)
-            }))
-        });
-        if running_with_checkpoint == Some(true) {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the sweep ended before a trial ran"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "no trial ran with a checkpoint within a minute"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_for_store(&sandbox, &mut child, "checkpointed trial mid-run", |s| {
+        s.running_with_checkpoint.values().any(|&step| step + 6 <= 40)
+    });
     let sent = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

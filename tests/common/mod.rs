@@ -200,3 +200,78 @@ pub fn heavy() -> std::sync::RwLockWriteGuard<'static, ()> {
 pub fn light() -> std::sync::RwLockReadGuard<'static, ()> {
     PROCESS_TESTS.read().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// What a sweep's store (`rung.db` in the sandbox) holds at one moment.
+pub struct Snapshot {
+    /// Each report's loss, by trial and step.
+    pub reports: std::collections::BTreeMap<(rung::TrialId, u64), f64>,
+    /// Launch counts of the trials that had ended.
+    pub ended: std::collections::BTreeMap<rung::TrialId, u32>,
+    /// Trials that were running, with their newest checkpoint step.
+    pub running_with_checkpoint: std::collections::BTreeMap<rung::TrialId, u64>,
+    /// Trials not ended yet (pending, running or paused).
+    pub unfinished: usize,
+}
+
+/// The store's state now.
+pub fn snapshot(sandbox: &Sandbox) -> Snapshot {
+    try_snapshot(sandbox).expect("a store with an experiment")
+}
+
+/// The store's state now; `None` while the sweep has not created its store or experiment yet.
+/// Reading while the sweep writes is safe: the store is in WAL mode.
+pub fn try_snapshot(sandbox: &Sandbox) -> Option<Snapshot> {
+    let store = Store::open(&sandbox.path("rung.db")).ok()?;
+    let info = store.experiment(None).ok()?;
+    let reports = store
+        .reports(info.id, None)
+        .ok()?
+        .into_iter()
+        .map(|(trial, report)| ((trial, report.step), report.metrics["loss"]))
+        .collect();
+    let trials = store.trials(info.id).ok()?;
+    let ended = trials
+        .iter()
+        .filter(|t| t.status.is_final())
+        .map(|t| (t.id, t.launches))
+        .collect();
+    let checkpoints = store.checkpoints(info.id).ok()?;
+    let running_with_checkpoint = trials
+        .iter()
+        .filter(|t| t.status == rung::TrialStatus::Running)
+        .filter_map(|t| {
+            checkpoints
+                .iter()
+                .filter(|c| c.trial == t.id)
+                .map(|c| c.step)
+                .max()
+                .map(|step| (t.id, step))
+        })
+        .collect();
+    Some(Snapshot {
+        reports,
+        ended,
+        running_with_checkpoint,
+        unfinished: trials.iter().filter(|t| !t.status.is_final()).count(),
+    })
+}
+
+/// Waits, up to a minute, until the store of the running sweep shows what `ready` looks for:
+/// kills and interrupts land on an event, not after a guessed sleep. Fails if the sweep ends
+/// first.
+pub fn wait_for_store(
+    sandbox: &Sandbox,
+    child: &mut std::process::Child,
+    what: &str,
+    ready: impl Fn(&Snapshot) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if try_snapshot(sandbox).is_some_and(|snapshot| ready(&snapshot)) {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the sweep ended before {what}");
+        assert!(Instant::now() < deadline, "no {what} within a minute");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

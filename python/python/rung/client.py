@@ -189,7 +189,9 @@ class Client:
         if assignment is None:
             return None
         number, attempt, config_json, restore, checkpoint_root = assignment
-        return AssignedTrial(self._native, experiment, number, attempt, json.loads(config_json), restore, checkpoint_root)
+        return AssignedTrial(
+            self._native, experiment, number, attempt, json.loads(config_json), restore, checkpoint_root
+        )
 
     def trials(self, experiment: str, *, worker: Optional[str] = None, wait: float = 30.0) -> Iterator[AssignedTrial]:
         """Yields trials of ``experiment`` until it has ended."""
