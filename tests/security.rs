@@ -420,3 +420,47 @@ fn a_worker_cannot_make_the_server_delete_outside_the_trials_checkpoint_root() {
     assert!(root.join("step_2").is_dir(), "the kept checkpoint stays");
     assert_eq!(std::fs::read_to_string(precious.join("data")).unwrap(), "keep me");
 }
+
+// ---- 9: limits ----------------------------------------------------------------------------------
+
+#[test]
+fn a_report_with_too_many_metrics_or_too_long_a_name_is_refused_naming_the_limit() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    let _light = common::light();
+    let sandbox = Sandbox::new();
+    // 1,500 metrics in one line (under the 1 MiB line limit, so the metric limit is what
+    // refuses it; before it, 40,000 such keys cost 21 MB of store per two reports), a metric
+    // name of 300 bytes, and then the real result.
+    sandbox.write(
+        "trial.sh",
+        r#"printf 'rung:report {"loss": -1'
+i=0; while [ $i -lt 1500 ]; do printf ', "metric_with_a_long_name_%s": 1' "$i"; i=$((i+1)); done
+printf '}\n'
+name=$(head -c 300 /dev/zero | tr '\0' 'n')
+printf 'rung:report {"loss": -2, "%s": 1}\n' "$name"
+printf 'rung:report {"loss": %s}\n' "$1"
+"#,
+    );
+    sandbox.write("spec.toml", &shell_spec("", 1, ""));
+    let run = sandbox.rung(&["run", "spec.toml", "-q"]);
+    assert_eq!(run.status.code(), Some(0), "{}{}", stdout(&run), stderr(&run));
+    let (store, info) = sandbox.store("rung.db");
+    let reports = store.reports(info.id, None).unwrap();
+    assert_eq!(reports.len(), 1, "only the real report is stored: {reports:?}");
+    assert_eq!(
+        reports[0].1.metrics,
+        rung::tune_core::trial::Metrics::from([("loss".to_owned(), 1.0)])
+    );
+    let log = std::fs::read_to_string(sandbox.path("rung_trials/sec/t1/trial.log")).unwrap();
+    assert!(
+        log.contains("malformed report ignored (1501 metrics in one report; at most 1000 are accepted)"),
+        "{}",
+        &log[..log.len().min(2000)]
+    );
+    assert!(
+        log.contains("metric name of 300 bytes"),
+        "{}",
+        &log[..log.len().min(2000)]
+    );
+    assert!(log.contains("at most 256 are accepted"));
+}

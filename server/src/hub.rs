@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tune_core::controller::{Launch, Outcome, Progress};
+use tune_core::protocol::check_metric_limits;
 use tune_core::resources::{Inventory, ResourceRequest};
 use tune_core::trial::{Decision, Metrics, Report, TrialId};
 use tune_proto::v1;
@@ -954,12 +955,12 @@ fn validate_metrics(metrics: &HashMap<String, f64>) -> Result<Metrics, Refusal> 
     if metrics.is_empty() {
         return Err(Refusal::Invalid("a report needs at least one metric".into()));
     }
+    let names: Vec<&str> = metrics.keys().map(String::as_str).collect();
+    check_metric_limits(&names).map_err(|error| Refusal::Invalid(error.to_string()))?;
     let mut out = Metrics::new();
     for (name, value) in metrics {
-        if name.is_empty() || name.len() > 256 {
-            return Err(Refusal::Invalid(format!(
-                "metric name {name:?} must have 1 to 256 characters"
-            )));
+        if name.is_empty() {
+            return Err(Refusal::Invalid("a metric name must not be empty".into()));
         }
         if !value.is_finite() {
             return Err(Refusal::Invalid(format!(

@@ -15,6 +15,12 @@ use crate::trial::{Metrics, metrics_serde};
 /// The prefix of a report line.
 pub const REPORT_PREFIX: &str = "rung:report";
 
+/// The most metrics one report may carry, on every path (a `rung:report` line, gRPC). A trial
+/// that reports tens of thousands of keys would fill the store by megabytes a report.
+pub const MAX_METRICS_PER_REPORT: usize = 1000;
+/// The longest metric name, in bytes.
+pub const MAX_METRIC_NAME_BYTES: usize = 256;
+
 /// A report line, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportLine {
@@ -52,6 +58,37 @@ pub enum ReportLineError {
         /// The value given.
         got: serde_json::Value,
     },
+    /// More keys than a report may carry.
+    #[error("{count} metrics in one report; at most {MAX_METRICS_PER_REPORT} are accepted")]
+    TooManyMetrics {
+        /// How many the line had.
+        count: usize,
+    },
+    /// A metric name longer than the limit.
+    #[error("metric name of {bytes} bytes (starting {start:?}); at most {MAX_METRIC_NAME_BYTES} are accepted")]
+    NameTooLong {
+        /// Its length.
+        bytes: usize,
+        /// Its first characters.
+        start: String,
+    },
+}
+
+/// Checks one report's metric names and count against [`MAX_METRICS_PER_REPORT`] and
+/// [`MAX_METRIC_NAME_BYTES`]: the limits of every path a report comes in by.
+pub fn check_metric_limits(names: &[&str]) -> Result<(), ReportLineError> {
+    if names.len() > MAX_METRICS_PER_REPORT {
+        return Err(ReportLineError::TooManyMetrics { count: names.len() });
+    }
+    for name in names {
+        if name.len() > MAX_METRIC_NAME_BYTES {
+            return Err(ReportLineError::NameTooLong {
+                bytes: name.len(),
+                start: name.chars().take(32).collect(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Parses a line of a trial's stdout: `None` when it is not a report line, `Some(Err(why))`
@@ -70,6 +107,12 @@ fn parse_payload(payload: &str) -> Result<ReportLine, ReportLineError> {
     let serde_json::Value::Object(map) = value else {
         return Err(ReportLineError::NotAnObject);
     };
+    let names: Vec<&str> = map
+        .keys()
+        .map(String::as_str)
+        .filter(|key| !matches!(*key, "step" | "checkpoint"))
+        .collect();
+    check_metric_limits(&names)?;
     let mut line = ReportLine {
         step: None,
         metrics: Metrics::new(),
@@ -172,6 +215,42 @@ mod tests {
         assert_eq!(line.metrics["x"], f64::NEG_INFINITY);
         assert_eq!(line.metrics["y"], f64::INFINITY);
         assert_eq!(line.ignored, ["note"]);
+    }
+
+    #[test]
+    fn reports_over_the_limits_are_refused_naming_the_limit() {
+        let many: Vec<String> = (0..=MAX_METRICS_PER_REPORT).map(|i| format!("\"m{i}\": 1")).collect();
+        let line = format!("rung:report {{\"step\": 1, {}}}", many.join(", "));
+        assert_eq!(
+            parse_report_line(&line).unwrap().unwrap_err().to_string(),
+            "1001 metrics in one report; at most 1000 are accepted"
+        );
+        // Exactly at the limit (step and checkpoint aside) is fine.
+        let at_limit = format!(
+            "rung:report {{\"step\": 1, \"checkpoint\": false, {}}}",
+            many[1..].join(", ")
+        );
+        assert_eq!(
+            parse_report_line(&at_limit).unwrap().unwrap().metrics.len(),
+            MAX_METRICS_PER_REPORT
+        );
+        let long = "x".repeat(MAX_METRIC_NAME_BYTES + 1);
+        let error = parse_report_line(&format!("rung:report {{\"{long}\": 1}}"))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "metric name of 257 bytes (starting {:?}); at most 256 are accepted",
+                "x".repeat(32)
+            )
+        );
+        let longest = "y".repeat(MAX_METRIC_NAME_BYTES);
+        assert!(
+            parse_report_line(&format!("rung:report {{\"{longest}\": 1}}"))
+                .unwrap()
+                .is_ok()
+        );
     }
 
     #[test]
