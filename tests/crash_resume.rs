@@ -193,35 +193,8 @@ fn ctrl_c_stops_the_sweep_for_now_and_resume_finishes_it() {
             "",
         ),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rung"))
-        .args(["run", "spec.toml", "-q"])
-        .current_dir(sandbox.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Interrupt while a trial runs with a checkpoint and has at least six steps to go.
-    wait_for_store(&sandbox, &mut child, "checkpointed trial mid-run", |s| {
-        s.running_with_checkpoint.values().any(|&step| step + 6 <= 12)
-    });
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(130),
-        "{}{}",
-        stdout(&output),
-        stderr(&output)
-    );
-    assert!(
-        stdout(&output).contains("interrupted") && stdout(&output).contains("resume with: rung resume --db"),
-        "{}",
-        stdout(&output)
-    );
+    common::interrupt_mid_sweep(&sandbox, "INT", 12);
     let status = common::json(&sandbox.rung(&["status", "--db", "rung.db", "--json"]));
     assert_eq!(status["state"], "unfinished");
     assert!(status["counts"]["running"].as_u64().unwrap() >= 1, "{status}");

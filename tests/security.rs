@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Sandbox, stderr, stdout};
@@ -243,35 +243,8 @@ fn sigterm_stops_the_sweep_for_now_and_resume_finishes_it() {
             "",
         ),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rung"))
-        .args(["run", "spec.toml", "-q"])
-        .current_dir(sandbox.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Signal once a trial runs with a committed checkpoint (it is mid-run: 40 steps to make).
-    common::wait_for_store(&sandbox, &mut child, "checkpointed trial mid-run", |s| {
-        s.running_with_checkpoint.values().any(|&step| step + 6 <= 40)
-    });
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(130),
-        "{}{}",
-        stdout(&output),
-        stderr(&output)
-    );
-    assert!(
-        stdout(&output).contains("interrupted") && stdout(&output).contains("resume with: rung resume --db"),
-        "{}",
-        stdout(&output)
-    );
+    let output = common::interrupt_mid_sweep(&sandbox, "TERM", 40);
     assert!(stderr(&output).contains("interrupted (SIGTERM)"), "{}", stderr(&output));
     let status = common::json(&sandbox.rung(&["status", "--db", "rung.db", "--json"]));
     assert_eq!(status["state"], "unfinished", "{status}");

@@ -275,3 +275,38 @@ pub fn wait_for_store(
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Starts `rung run spec.toml -q` in the sandbox, sends `signal` (`"INT"`, `"TERM"`) once a trial
+/// of `steps` steps runs with a committed checkpoint and at least six steps to go, and checks
+/// that the sweep stopped for now: exit code 130 and the "resume with" line. Returns its output.
+pub fn interrupt_mid_sweep(sandbox: &Sandbox, signal: &str, steps: u64) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rung"))
+        .args(["run", "spec.toml", "-q"])
+        .current_dir(sandbox.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_store(sandbox, &mut child, "checkpointed trial mid-run", |s| {
+        s.running_with_checkpoint.values().any(|&step| step + 6 <= steps)
+    });
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).contains("interrupted") && stdout(&output).contains("resume with: rung resume --db"),
+        "{}",
+        stdout(&output)
+    );
+    output
+}
