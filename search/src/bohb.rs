@@ -59,6 +59,7 @@ use tune_core::trial::{Mode, Report, TrialId};
 use tune_core::value::Config;
 
 use crate::BohbConfig;
+use crate::distinct::Distinct;
 use crate::numerics::{LN_SQRT_2PI, log_sum_exp, normal_by_rejection};
 use crate::unit::{DimKind, UnitSpace};
 
@@ -93,6 +94,8 @@ pub struct Bohb {
     budgets: BTreeMap<u64, BTreeMap<TrialId, f64>>,
     /// The budget of each trial's most recent observation.
     latest: BTreeMap<TrialId, u64>,
+    /// Every configuration suggested or told of, so that none is proposed twice.
+    distinct: Distinct,
 }
 
 /// A configuration in unit coordinates with the mask of its active dimensions.
@@ -156,6 +159,7 @@ impl Bohb {
             encodings: BTreeMap::new(),
             budgets: BTreeMap::new(),
             latest: BTreeMap::new(),
+            distinct: Distinct::new(space),
         }
     }
 
@@ -220,6 +224,9 @@ impl Bohb {
             let candidate = Encoding { unit, active };
             let ratio = good.log_density(&self.kinds, &candidate) - bad.log_density(&self.kinds, &candidate);
             debug_assert!(!ratio.is_nan());
+            if self.distinct.contains(&config) {
+                continue;
+            }
             if best.as_ref().is_none_or(|(incumbent, _)| ratio > *incumbent) {
                 best = Some((ratio, config));
             }
@@ -240,6 +247,16 @@ impl Searcher for Bohb {
             Some(config) => config,
             None => self.space.sample(&mut self.rng, &BTreeMap::new()),
         };
+        // Every candidate (or the random draw) was seen: a fresh random one, if any is left.
+        let config = if self.distinct.contains(&config) {
+            match self.distinct.fresh(&self.space, &mut self.rng) {
+                Some(fresh) => fresh,
+                None => return Ok(Suggestion::Exhausted),
+            }
+        } else {
+            config
+        };
+        self.distinct.insert(&config);
         self.encodings.remove(&trial);
         self.remember(trial, &config);
         Ok(Suggestion::Config(config))
@@ -254,6 +271,7 @@ impl Searcher for Bohb {
     }
 
     fn on_trial_complete(&mut self, trial: TrialId, result: &TrialResult<'_>) {
+        self.distinct.insert(result.config);
         self.remember(trial, result.config);
         if let Some(report) = result.last {
             let already = self.budgets.get(&report.step).is_some_and(|b| b.contains_key(&trial));
@@ -757,9 +775,18 @@ mod tests {
             let model_mostly = BohbConfig { random_fraction: 0.1, num_samples: 16, ..settings() };
             let mut searcher = Bohb::new(&model_mostly, &space, "loss", Mode::Min, seed);
             let mut values = rng::stream(seed, "test");
+            let mut seen = crate::distinct::Distinct::new(&space);
             for n in 1..=40 {
-                let config = config_of(searcher.suggest(TrialId(n)).unwrap());
+                let config = match searcher.suggest(TrialId(n)).unwrap() {
+                    Suggestion::Config(config) => config,
+                    other => {
+                        prop_assert_eq!(other, Suggestion::Exhausted);
+                        prop_assert!(seen.exhausted(), "exhausted after {n} suggestions of {space:?}");
+                        break;
+                    }
+                };
                 prop_assert!(space.contains(&config), "{config:?} not in {space:?}");
+                prop_assert!(seen.insert(&config), "{config:?} proposed twice");
                 searcher.on_trial_result(TrialId(n), &report(1, values.random::<f64>()));
                 if n % 2 == 0 {
                     searcher.on_trial_result(TrialId(n), &report(2, values.random::<f64>()));

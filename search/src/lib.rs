@@ -18,6 +18,7 @@
 
 pub mod ask_tell;
 pub mod bohb;
+pub mod distinct;
 pub mod gp;
 mod grid;
 mod numerics;
@@ -81,11 +82,14 @@ pub struct TpeConfig {
     /// Fixed fraction of results counted as good; the default is γ(n) = min(⌈0.1·n⌉, 25)/n.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gamma: Option<f64>,
-    /// Joint (multivariate) kernels instead of one density per parameter.
-    #[serde(default)]
+    /// Joint (multivariate) kernels instead of one density per parameter. On by default, as in
+    /// Optuna since its version 5: the joint model captures how parameters interact, and
+    /// measured on the synthetic functions it finds better configurations.
+    #[serde(default = "default_true")]
     pub multivariate: bool,
-    /// Count running trials as bad results, so parallel workers spread out.
-    #[serde(default)]
+    /// Count running trials as bad results, so parallel workers spread out (on by default, as
+    /// in Optuna since its version 5; it changes nothing for one trial at a time).
+    #[serde(default = "default_true")]
     pub constant_liar: bool,
     /// Weight of the prior component of each Parzen estimator.
     #[serde(default = "default_prior_weight")]

@@ -3,25 +3,36 @@
 use rand::Rng;
 use tune_core::Result;
 use tune_core::rng::{self, ChaCha20Rng};
-use tune_core::searcher::{Searcher, Suggestion};
+use tune_core::searcher::{Searcher, Suggestion, TrialResult};
 use tune_core::space::Space;
 use tune_core::trial::TrialId;
+
+use crate::distinct::Distinct;
 
 /// Independent random draws; grid parameters cycle through their grid.
 ///
 /// Trial n (from 1) takes grid point (n − 1) mod grid size, so each pass over the grid is one
 /// "sample"; the controller caps the trial count at `num_samples` × grid size.
+///
+/// Without grid parameters no configuration is drawn twice: a draw seen already is replaced
+/// by a fresh one, and a finite space ends the search once every configuration was drawn. With
+/// grid parameters the grid is meant to be repeated (`num_samples` passes, Ray Tune's
+/// convention), so draws are kept as they come.
 pub struct RandomSearch {
     space: Space,
     rng: ChaCha20Rng,
+    /// The configurations drawn so far, for a space without grid parameters.
+    distinct: Option<Distinct>,
 }
 
 impl RandomSearch {
     /// A random searcher over `space`, seeded from the experiment seed.
     pub fn new(space: Space, seed: u64) -> Self {
+        let distinct = space.grid_axes().is_empty().then(|| Distinct::new(&space));
         RandomSearch {
             space,
             rng: rng::stream(seed, "searcher"),
+            distinct,
         }
     }
 
@@ -35,7 +46,24 @@ impl RandomSearch {
 impl Searcher for RandomSearch {
     fn suggest(&mut self, trial: TrialId) -> Result<Suggestion> {
         let point = self.space.grid_point(trial.0.saturating_sub(1));
-        Ok(Suggestion::Config(self.space.sample(&mut self.rng, &point)))
+        let mut config = self.space.sample(&mut self.rng, &point);
+        if let Some(distinct) = &mut self.distinct {
+            if distinct.contains(&config) {
+                match distinct.fresh(&self.space, &mut self.rng) {
+                    Some(fresh) => config = fresh,
+                    None => return Ok(Suggestion::Exhausted),
+                }
+            }
+            distinct.insert(&config);
+        }
+        Ok(Suggestion::Config(config))
+    }
+
+    fn on_trial_complete(&mut self, _trial: TrialId, result: &TrialResult<'_>) {
+        // A trial the searcher did not draw (a configuration given to try first) counts too.
+        if let Some(distinct) = &mut self.distinct {
+            distinct.insert(result.config);
+        }
     }
 }
 
@@ -63,5 +91,19 @@ mod tests {
             again.suggest(TrialId(1)).unwrap(),
             Suggestion::Config(configs[0].clone())
         );
+    }
+
+    #[test]
+    fn draws_each_configuration_of_a_finite_space_once_then_ends() {
+        let space = Space::from_json(&json!({"a": {"choice": ["x", "y", "z"]}, "n": {"randint": [0, 4]}})).unwrap();
+        let mut searcher = RandomSearch::new(space.clone(), 9);
+        let mut seen = std::collections::BTreeSet::new();
+        for n in 1..=12 {
+            match searcher.suggest(TrialId(n)).unwrap() {
+                Suggestion::Config(config) => assert!(seen.insert(format!("{:?}", config.0)), "{config:?} twice"),
+                other => panic!("trial {n}: {other:?}"),
+            }
+        }
+        assert_eq!(searcher.suggest(TrialId(13)).unwrap(), Suggestion::Exhausted);
     }
 }

@@ -78,6 +78,7 @@ use self::layout::Layout;
 use self::lbfgs::minimize;
 use self::model::{Hyper, Marginal, Model};
 use crate::GpConfig;
+use crate::distinct::Distinct;
 use crate::sobol::SobolSequence;
 use crate::unit::UnitSpace;
 
@@ -116,6 +117,10 @@ pub struct GpSearch {
     pending: BTreeMap<TrialId, Vec<f64>>,
     /// The last fitted log hyperparameters, the first start of the next fit.
     last_fit: Option<Vec<f64>>,
+    /// The space, for fresh draws when a suggestion was seen already.
+    space: Space,
+    /// Every configuration suggested or told of, so that none is proposed twice.
+    distinct: Distinct,
 }
 
 impl GpSearch {
@@ -137,6 +142,8 @@ impl GpSearch {
             observations: Vec::new(),
             pending: BTreeMap::new(),
             last_fit: None,
+            space: space.clone(),
+            distinct: Distinct::new(space),
         }
     }
 
@@ -219,8 +226,10 @@ impl GpSearch {
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
         candidates
             .into_iter()
-            .find(|(_, _, point)| {
-                !self.observations.iter().any(|(seen, _)| seen == point) && !self.pending.values().any(|p| p == point)
+            .find(|(_, config, point)| {
+                !self.distinct.contains(config)
+                    && !self.observations.iter().any(|(seen, _)| seen == point)
+                    && !self.pending.values().any(|p| p == point)
             })
             .map(|(_, config, _)| config)
     }
@@ -315,6 +324,16 @@ impl Searcher for GpSearch {
         } else {
             self.model_suggestion().unwrap_or_else(|| self.quasi_random(index))
         };
+        // Every acquisition optimum (or the Sobol point) was seen: a fresh random one, if any.
+        let config = if self.distinct.contains(&config) {
+            match self.distinct.fresh(&self.space, &mut self.rng) {
+                Some(fresh) => fresh,
+                None => return Ok(Suggestion::Exhausted),
+            }
+        } else {
+            config
+        };
+        self.distinct.insert(&config);
         let (u, active) = self.unit.encode(&config);
         self.pending.insert(trial, self.layout.point(&u, &active));
         Ok(Suggestion::Config(config))
@@ -322,6 +341,7 @@ impl Searcher for GpSearch {
 
     fn on_trial_complete(&mut self, trial: TrialId, result: &TrialResult<'_>) {
         self.pending.remove(&trial);
+        self.distinct.insert(result.config);
         let value = if result.failed {
             None
         } else {

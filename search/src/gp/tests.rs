@@ -123,12 +123,19 @@ fn integer_and_choice_parameters_stay_in_the_space() {
 
 #[test]
 fn duplicates_failures_and_nan_results_never_panic() {
-    // A tiny discrete space: the searcher soon runs out of new points and falls back.
+    // A tiny discrete space: the searcher proposes each of its 4 configurations once, then
+    // reports it exhausted.
     let space = Space::from_json(&json!({"a": {"choice": [1, 2]}, "b": {"randint": [0, 2]}})).unwrap();
     let mut search = AskTell::new(&gp(1), &space, Mode::Max, 3).unwrap();
-    for round in 0..12 {
-        let (trial, config) = search.ask().unwrap().unwrap();
+    let mut configs = Vec::new();
+    for round in 0..5 {
+        let Some((trial, config)) = search.ask().unwrap() else {
+            assert_eq!(round, 4, "exhausted after {round} of 4 configurations");
+            break;
+        };
         assert!(space.contains(&config));
+        assert!(!configs.contains(&config), "{config:?} twice");
+        configs.push(config.clone());
         match round % 3 {
             0 => search.tell(trial, f64::NAN),
             1 => search.tell_failure(trial),
@@ -191,11 +198,11 @@ fn zero_and_one_observations_and_an_empty_space() {
     assert!(space.contains(&c));
     let fixed = Space::new().with("k", Domain::fixed(1)).unwrap();
     let mut search = AskTell::new(&gp(1), &fixed, Mode::Min, 6).unwrap();
-    for _ in 0..3 {
-        let (trial, config) = search.ask().unwrap().unwrap();
-        assert_eq!(config.get("k"), Some(&json!(1)));
-        search.tell(trial, 1.0);
-    }
+    let (trial, config) = search.ask().unwrap().unwrap();
+    assert_eq!(config.get("k"), Some(&json!(1)));
+    search.tell(trial, 1.0);
+    // Its one configuration was run: nothing is left to propose.
+    assert!(search.ask().unwrap().is_none());
 }
 
 #[test]

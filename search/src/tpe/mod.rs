@@ -7,6 +7,11 @@
 //! analyses component by component):
 //!
 //! - **Start-up.** The first `n_startup_trials` suggestions are random draws from the space.
+//! - **No repeats.** A configuration suggested before (or told of) is never proposed again: when
+//!   the model's choice was seen, whole configurations are drawn from the good densities and the
+//!   best unseen one by the summed log ratio is taken, else a fresh random one; a finite space
+//!   ends with [`Suggestion::Exhausted`] once every configuration was proposed
+//!   ([`crate::distinct`]).
 //! - **Split.** Results are ranked by [`Mode::score`] (higher is better; a failed trial, a missing
 //!   metric, NaN or an infinity ranks as the worst). The best γ(n) = min(⌈n/10⌉, 25) — or
 //!   ⌈gamma·n⌉ (at least one) when `gamma` is set — of the `n` finished trials are good, the rest
@@ -15,7 +20,7 @@
 //!   workers are pushed apart. The value of a finished trial is its last report's metric, or, if
 //!   that report lacks it, the latest intermediate result seen for it (so a trial stopped early
 //!   by a scheduler counts with the value it reached).
-//! - **Univariate estimators** (the default): one density per parameter. Numeric parameters are
+//! - **Univariate estimators** (`multivariate = false`): one density per parameter. Numeric parameters are
 //!   modelled on their natural axis (the log axis for log domains) as a mixture of Gaussians,
 //!   each truncated to the range, one per observation plus a prior component (centre of the
 //!   range, sigma = range width, weight `prior_weight` against 1 per observation). Each kernel's
@@ -24,18 +29,23 @@
 //!   `[range / min(100, k + 1), range]` for `k` kernels including the prior — hyperopt's and
 //!   Optuna's "magic clip". Integer and quantized parameters are drawn and scored as discrete
 //!   values: a value's probability is the mixture's mass on its bin of width `q` (the bins tile
-//!   the truncation range). A `choice` has the smoothed frequencies
-//!   `count + prior_weight / options`. The log ratio of a configuration is the sum over its
+//!   the truncation range). A `choice` is a mixture of one kernel per observation, `1 + ε` on
+//!   its own option and `ε` on each, with `ε = prior_weight / (n + 1)`, plus a uniform prior
+//!   (see [`parzen::Categorical`] for why plain smoothed counts were too peaked). The log ratio of a configuration is the sum over its
 //!   parameters, so its maximum over the candidates is reached parameter by parameter, as in
 //!   hyperopt and Optuna: each parameter takes the best (by its own ratio) of `n_ei_candidates`
 //!   draws from its `l`.
-//! - **Multivariate estimators** (`multivariate = true`): one joint kernel per observation over
-//!   the parameters that share a condition (all of them in a space without conditional
-//!   parameters), so a candidate is drawn whole from one good observation's kernel and the best
-//!   of `n_ei_candidates` by the joint ratio is kept. Bandwidths follow Optuna's multivariate
-//!   TPE: Scott's rule per dimension, `0.2 · n^(−1/(d+4)) · range` (clipped as above); a
-//!   categorical dimension puts `1 + prior_weight / k` on the observation's own option and
-//!   `prior_weight / k` on each option, normalised.
+//! - **Multivariate estimators** (the default, as in Optuna since its version 5): one joint
+//!   kernel per observation over the parameters that share a condition (all of them in a space
+//!   without conditional parameters), so a candidate is drawn whole from one good observation's
+//!   kernel and the best of `n_ei_candidates` by the joint ratio is kept. Each numeric
+//!   dimension's bandwidths follow the neighbour rule above on that dimension's values (the
+//!   bounds are the outer neighbours, the prior is not a neighbour), clipped the same way — the
+//!   bandwidth Optuna 5 adopted after Watanabe (2023); Scott's rule, one width for every kernel,
+//!   measured far worse on Hartmann6 (median regret 0.30 against 0.14 after 100 evaluations).
+//!   Kernels are weighted by age as Optuna's `default_weights`: of more than 25 observations the
+//!   older ones ramp from 1/n to 1. A categorical dimension puts `1 + ε` on the observation's own
+//!   option and `ε = prior_weight / (n + 1)` on each option, normalised.
 //! - **The tree.** A `choice` whose options are tables of further parameters makes conditional
 //!   parameters. The choice is drawn first, then the chosen option's parameters from estimators
 //!   built only on the observations that took that option: a parameter is modelled only from
@@ -98,9 +108,13 @@ use self::observations::{BAD, GOOD, Observations, SKIP, gather};
 use self::parzen::{Categorical, Estimator, Joint, Mixture};
 use self::space::{ModelSpace, NodeKind, Template};
 use crate::TpeConfig;
+use crate::distinct::Distinct;
 
 /// Multivariate estimators use at most this many observations.
 const MAX_JOINT_OBSERVATIONS: usize = 256;
+/// When the model's suggestion was seen already, whole configurations are drawn from the good
+/// densities: this many times `n_ei_candidates` of them.
+const FRESH_ROUNDS: usize = 4;
 
 /// The Tree-structured Parzen Estimator searcher (see the [module documentation](self)).
 pub struct Tpe {
@@ -117,6 +131,8 @@ pub struct Tpe {
     /// The configurations suggested and not finished yet.
     pending: BTreeMap<u64, Config>,
     suggested: u64,
+    /// Every configuration suggested or told of, so that none is proposed twice.
+    distinct: Distinct,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -158,6 +174,7 @@ impl Tpe {
             latest: BTreeMap::new(),
             pending: BTreeMap::new(),
             suggested: 0,
+            distinct: Distinct::new(space),
         }
     }
 
@@ -181,25 +198,69 @@ impl Tpe {
     fn suggest_from_model(&mut self) -> (Config, Vec<f64>) {
         let (class, n_good) = self.classify();
         let mut context = Context::new(&self.model_space, &self.observations, &class, n_good, self.settings);
-        let mut draw = Draw {
-            values: vec![f64::NAN; self.model_space.nodes.len()],
-            drawn: vec![false; self.model_space.groups.len()],
-        };
+        let mut draw = Draw::new(&self.model_space);
         draw_table(&self.model_space.root, &mut context, &mut self.rng, &mut draw);
         let config = self.model_space.build(&draw.values);
         (config, draw.values)
+    }
+
+    /// The best configuration not seen yet among whole draws from the good densities, scored by
+    /// the sum of their log ratios.
+    ///
+    /// The model's own suggestion maximises each parameter's ratio separately, so once it was
+    /// run, drawing it again tends to give it again. Whole draws give the next-best
+    /// configurations instead: nearby ones (from the same good kernels) that the ratio still
+    /// rates highly.
+    fn fresh_from_model(&mut self) -> Option<(Config, Vec<f64>)> {
+        let (class, n_good) = self.classify();
+        let mut context = Context::new(&self.model_space, &self.observations, &class, n_good, self.settings);
+        context.whole = true;
+        let mut best: Option<(f64, Config, Vec<f64>)> = None;
+        for _ in 0..FRESH_ROUNDS * self.settings.n_ei_candidates {
+            let mut draw = Draw::new(&self.model_space);
+            context.score = 0.0;
+            draw_table(&self.model_space.root, &mut context, &mut self.rng, &mut draw);
+            if best.as_ref().is_some_and(|(score, _, _)| context.score <= *score) {
+                continue;
+            }
+            let config = self.model_space.build(&draw.values);
+            if !self.distinct.contains(&config) {
+                best = Some((context.score, config, draw.values));
+            }
+        }
+        best.map(|(_, config, values)| (config, values))
+    }
+
+    /// A configuration not seen yet, with its encoding: `proposal` if it is new, else the best
+    /// fresh one from the model (after the start-up trials), else a fresh random one; `None`
+    /// when the space has none left.
+    fn distinct(&mut self, proposal: (Config, Vec<f64>), modelled: bool) -> Option<(Config, Vec<f64>)> {
+        if !self.distinct.contains(&proposal.0) {
+            return Some(proposal);
+        }
+        if modelled && let Some(fresh) = self.fresh_from_model() {
+            return Some(fresh);
+        }
+        let config = self.distinct.fresh(&self.space, &mut self.rng)?;
+        let row = self.model_space.encode(&config);
+        Some((config, row))
     }
 }
 
 impl Searcher for Tpe {
     fn suggest(&mut self, trial: TrialId) -> Result<Suggestion> {
-        let (config, row) = if self.suggested < self.settings.n_startup_trials {
+        let modelled = self.suggested >= self.settings.n_startup_trials;
+        let proposal = if modelled {
+            self.suggest_from_model()
+        } else {
             let config = self.space.sample(&mut self.rng, &BTreeMap::new());
             let row = self.model_space.encode(&config);
             (config, row)
-        } else {
-            self.suggest_from_model()
         };
+        let Some((config, row)) = self.distinct(proposal, modelled) else {
+            return Ok(Suggestion::Exhausted);
+        };
+        self.distinct.insert(&config);
         self.suggested += 1;
         let slot = self.observations.slot(trial.0);
         if !self.observations.completed[slot] {
@@ -235,6 +296,7 @@ impl Searcher for Tpe {
             .is_some_and(|config| &config == result.config);
         let slot = self.observations.slot(trial.0);
         if !known {
+            self.distinct.insert(result.config);
             let row = self.model_space.encode(result.config);
             self.observations.set_row(slot, &row);
         }
@@ -277,6 +339,10 @@ struct Context<'a> {
     settings: Settings,
     /// Estimators per group, built when a candidate first reaches the group.
     models: Vec<Option<GroupModel>>,
+    /// Draw one candidate per group (a whole configuration from the good densities) instead of
+    /// the best of `n_ei_candidates`, adding each group's log ratio to `score`.
+    whole: bool,
+    score: f64,
 }
 
 /// The configuration being drawn: node values (NaN until drawn or where absent), and which
@@ -284,6 +350,15 @@ struct Context<'a> {
 struct Draw {
     values: Vec<f64>,
     drawn: Vec<bool>,
+}
+
+impl Draw {
+    fn new(space: &ModelSpace) -> Draw {
+        Draw {
+            values: vec![f64::NAN; space.nodes.len()],
+            drawn: vec![false; space.groups.len()],
+        }
+    }
 }
 
 /// A group's good and bad estimators.
@@ -308,6 +383,8 @@ impl<'a> Context<'a> {
             n_good,
             settings,
             models: (0..space.groups.len()).map(|_| None).collect(),
+            whole: false,
+            score: 0.0,
         }
     }
 
@@ -454,7 +531,11 @@ fn draw_value(template: &Template, context: &mut Context<'_>, rng: &mut ChaCha20
         }
         draw.drawn[group] = true;
         let (nodes, members) = (&space.nodes, &space.groups[group].nodes);
-        let candidates = context.settings.n_ei_candidates;
+        let candidates = if context.whole {
+            1
+        } else {
+            context.settings.n_ei_candidates
+        };
         let model = context.model(group);
         let mut best = (f64::NEG_INFINITY, vec![f64::NAN; members.len()]);
         for candidate in 0..candidates {
@@ -470,6 +551,7 @@ fn draw_value(template: &Template, context: &mut Context<'_>, rng: &mut ChaCha20
         for (&kept, &member) in best.1.iter().zip(members) {
             draw.values[member] = kept;
         }
+        context.score += best.0;
     };
     match template {
         Template::Fixed(_) => {}
