@@ -21,7 +21,7 @@ pub use tune_runtime::Error as CoreError;
 pub use tune_runtime::driver::DriverHandle as SweepHandle;
 pub use tune_runtime::runner::TrialContext;
 pub use tune_schedulers::SchedulerConfig;
-pub use tune_search::SearcherConfig;
+pub use tune_search::{SearcherConfig, SearcherSpec};
 pub use tune_sweep::tuner::{Observer, SweepResult, SweepStatus, Tuner, TunerBuilder};
 pub use {
     tune_client, tune_core, tune_proto, tune_runtime, tune_schedulers, tune_search, tune_server, tune_sweep,

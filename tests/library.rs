@@ -349,3 +349,111 @@ async fn in_process_checkpoints_go_to_object_storage_and_come_back_for_promotion
         );
     }
 }
+
+/// A trainable that reports one value of `score` for its configuration.
+async fn score_once(mut trial: rung::TrialContext) -> anyhow::Result<()> {
+    let c = trial
+        .config()
+        .get("c")
+        .and_then(|v| v.as_str())
+        .unwrap_or("?")
+        .to_owned();
+    let n = trial.config().get("n").and_then(|v| v.as_i64()).unwrap_or(0);
+    let value = f64::from(c.as_bytes()[0] - b'a') + n as f64;
+    trial.report(1, [("score", value)]).await;
+    Ok(())
+}
+
+fn small_space() -> rung::Space {
+    rung::Space::from_json(&serde_json::json!({"c": {"choice": ["a", "b", "c"]}, "n": {"randint": [0, 4]}})).unwrap()
+}
+
+fn small(store: &std::path::Path, name: &str) -> TunerBuilder {
+    Tuner::builder()
+        .name(name)
+        .space(small_space())
+        .metric("score", Mode::Min)
+        .searcher(serde_json::from_value(serde_json::json!({"kind": "tpe", "n_startup_trials": 3})).unwrap())
+        .max_concurrent(1)
+        .seed(5)
+        .progress(false)
+        .interrupt_on_ctrl_c(false)
+        .store(store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_run_first_and_a_warm_start_never_reruns_an_earlier_experiment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s.db");
+    // The first experiment: two given points, then the searcher, 5 trials of the 12.
+    let points = vec![
+        serde_json::from_value(serde_json::json!({"c": "c", "n": 3})).unwrap(),
+        serde_json::from_value(serde_json::json!({"c": "b"})).unwrap(),
+    ];
+    let first = small(&store, "first")
+        .num_samples(5)
+        .points_to_evaluate(points)
+        .build()
+        .unwrap()
+        .run(score_once)
+        .await
+        .unwrap();
+    assert_eq!(first.trials.len(), 5);
+    assert_eq!(first.trials[0].config.get("c"), Some(&serde_json::json!("c")));
+    assert_eq!(first.trials[0].config.get("n"), Some(&serde_json::json!(3)));
+    assert_eq!(first.trials[1].config.get("c"), Some(&serde_json::json!("b")));
+    // The second learns from the first: it runs the 7 configurations left, then the space is
+    // exhausted and the sweep ends although 20 samples were asked for.
+    let second = small(&store, "second")
+        .num_samples(20)
+        .warm_start("first")
+        .build()
+        .unwrap()
+        .run(score_once)
+        .await
+        .unwrap();
+    let key = |t: &rung::tune_runtime::store::StoredTrial| serde_json::to_string(&t.config.0).unwrap();
+    let earlier: Vec<String> = first.trials.iter().map(key).collect();
+    let later: Vec<String> = second.trials.iter().map(key).collect();
+    assert_eq!(later.len(), 7, "{later:?}");
+    assert!(
+        later.iter().all(|config| !earlier.contains(config)),
+        "{later:?} reran one of {earlier:?}"
+    );
+    assert_eq!(second.best().unwrap().best.map(|(v, _)| v), Some(0.0));
+    // The warm-start trials are kept with the experiment's spec, so a resume replays from them.
+    let info = rung::tune_runtime::store::Store::open(&store)
+        .unwrap()
+        .experiment(Some("second"))
+        .unwrap();
+    let spec: serde_json::Value = serde_json::from_str(&info.spec).unwrap();
+    assert_eq!(spec["searcher"]["warm_trials"].as_array().map(Vec::len), Some(5));
+    // An unknown experiment, or one that optimises another metric, is refused by name.
+    let error = small(&store, "third")
+        .warm_start("nope")
+        .build()
+        .unwrap()
+        .run(score_once)
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("setting \"searcher.warm_start\": no experiment \"nope\""),
+        "{error}"
+    );
+    let error = small(&store, "fourth")
+        .metric("score", Mode::Max)
+        .warm_start("first")
+        .build()
+        .unwrap()
+        .run(score_once)
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("experiment \"first\" optimises \"score\" (min), this sweep \"score\" (max)"),
+        "{error}"
+    );
+}

@@ -13,7 +13,7 @@ use tune_core::space::Space;
 use tune_core::trial::{Decision, Mode, Report, TrialId};
 use tune_core::value::Config;
 use tune_schedulers::SchedulerConfig;
-use tune_search::SearcherConfig;
+use tune_search::SearcherSpec;
 
 use crate::convert::{map_to_py, parse_json};
 use crate::{core_to_py_err, lock};
@@ -233,8 +233,13 @@ impl NativeSearcher {
     #[new]
     #[pyo3(signature = (config_json, space_json, metric, mode, seed = 0))]
     fn new(config_json: &str, space_json: &str, metric: &str, mode: &str, seed: u64) -> PyResult<Self> {
-        let config: SearcherConfig =
+        let config: SearcherSpec =
             serde_json::from_str(config_json).map_err(|e| PyValueError::new_err(format!("searcher: {e}")))?;
+        if config.warm_start.is_some() {
+            return Err(PyValueError::new_err(
+                "searcher: warm_start names an experiment of a store, so it needs a sweep (rung.Tuner); a standalone searcher learns from earlier results when you call on_complete with them first",
+            ));
+        }
         let space = parse_space(Some(space_json))?;
         let searcher = config
             .build(&space, metric, parse_mode(mode)?, seed)

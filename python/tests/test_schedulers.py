@@ -201,3 +201,60 @@ def test_standalone_grid_cycles_through_its_points() -> None:
     configs = [grid.suggest(f"t{i}") for i in range(6)]
     assert configs[:4] == [{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
     assert configs[4:] == configs[:2] and not grid.exhausted
+
+
+def test_standalone_tpe_never_repeats_and_ends_with_its_space() -> None:
+    space = {"c": rung.choice(["a", "b", "c"]), "n": rung.randint(0, 3)}
+    tpe = rung.search.TPE(space=space, metric="f", mode="min", seed=1, n_startup_trials=2)
+    seen = []
+    for i in range(10):
+        config = tpe.suggest(f"t{i}")
+        if config is None:
+            break
+        assert config not in seen
+        seen.append(config)
+        tpe.on_complete(f"t{i}", {"f": float(config["n"])})
+    assert len(seen) == 9 and tpe.exhausted
+
+
+def test_points_to_evaluate_come_first_and_a_warm_start_learns_from_an_earlier_sweep(storage: str) -> None:
+    space = {"c": rung.choice(["a", "b", "c"]), "layers": rung.randint(1, 4)}
+
+    def train(config: dict) -> None:
+        rung.report({"loss": "abc".index(config["c"]) + config["layers"]})
+
+    first = rung.Tuner(
+        train,
+        param_space=space,
+        metric="loss",
+        num_samples=4,
+        name="first",
+        searcher=rung.search.TPE(points_to_evaluate=[{"c": "b", "layers": 3}, {"c": "a"}]),
+        storage_path=storage,
+        max_concurrent_trials=1,
+        verbose=0,
+    ).fit()
+    assert first[0].config == {"c": "b", "layers": 3} and first[1].config["c"] == "a"
+    second = rung.Tuner(
+        train,
+        param_space=space,
+        metric="loss",
+        num_samples=50,
+        name="second",
+        searcher=rung.search.TPE(warm_start="first"),
+        storage_path=storage,
+        max_concurrent_trials=1,
+        verbose=0,
+    ).fit()
+    earlier = [r.config for r in first]
+    # The 9 configurations less the 4 run before; then the space is exhausted.
+    assert len(second) == 5 and not any(r.config in earlier for r in second)
+    with pytest.raises(ValueError, match='points_to_evaluate\\[0\\]": parameter "c"'):
+        rung.Tuner(
+            train,
+            param_space=space,
+            metric="loss",
+            searcher=rung.search.TPE(points_to_evaluate=[{"c": "z"}]),
+            storage_path=storage,
+            verbose=0,
+        ).fit()

@@ -247,16 +247,10 @@ impl Searcher for Bohb {
             Some(config) => config,
             None => self.space.sample(&mut self.rng, &BTreeMap::new()),
         };
-        // Every candidate (or the random draw) was seen: a fresh random one, if any is left.
-        let config = if self.distinct.contains(&config) {
-            match self.distinct.fresh(&self.space, &mut self.rng) {
-                Some(fresh) => fresh,
-                None => return Ok(Suggestion::Exhausted),
-            }
-        } else {
-            config
+        // Every candidate (or the random draw) was seen: a fresh random one instead, if any is left.
+        let Some(config) = self.distinct.claim(config, &self.space, &mut self.rng) else {
+            return Ok(Suggestion::Exhausted);
         };
-        self.distinct.insert(&config);
         self.encodings.remove(&trial);
         self.remember(trial, &config);
         Ok(Suggestion::Config(config))

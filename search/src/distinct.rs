@@ -109,6 +109,18 @@ impl Distinct {
         Some(finite.nth(index))
     }
 
+    /// `config` if it was not seen, else a [fresh](Distinct::fresh) one; recorded as seen.
+    /// `None` when the space has none left.
+    pub fn claim(&mut self, config: Config, space: &Space, rng: &mut impl Rng) -> Option<Config> {
+        let config = if self.contains(&config) {
+            self.fresh(space, rng)?
+        } else {
+            config
+        };
+        self.insert(&config);
+        Some(config)
+    }
+
     fn index_of(&self, config: &Config) -> Option<u128> {
         self.finite.as_ref().and_then(|finite| finite.index_of(config))
     }

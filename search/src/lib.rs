@@ -24,6 +24,7 @@ mod grid;
 mod numerics;
 mod random;
 pub mod sobol;
+pub mod start;
 #[cfg(test)]
 mod test_support;
 pub mod tpe;
@@ -39,6 +40,7 @@ use tune_core::{Error, Result};
 
 pub use grid::GridSearch;
 pub use random::RandomSearch;
+pub use start::WarmTrial;
 
 /// The searchers, by name, with their settings: what `[searcher]` in a spec file holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,6 +179,62 @@ fn at_least(setting: &str, value: i64, least: i64) -> Result<()> {
             setting,
             format!("must be at least {least}, got {value}"),
         ))
+    }
+}
+
+/// `[searcher]` as a spec file writes it: the searcher with its settings, configurations to try
+/// first, and an earlier experiment to learn from (see [`start`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SearcherSpec {
+    /// The searcher (`kind`) and its settings.
+    #[serde(flatten)]
+    pub config: SearcherConfig,
+    /// Configurations to run first, in order; top-level parameters a point leaves out are drawn
+    /// from the space. They count towards `num_samples`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub points_to_evaluate: Vec<tune_core::value::Config>,
+    /// The name of an earlier experiment in the same store: the searcher learns from its
+    /// finished trials before its first suggestion, and does not run their configurations again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_start: Option<String>,
+    /// The trials of `warm_start`, read from the store when the experiment is created and stored
+    /// with its spec, so that a resumed sweep replays from the same ones (filled in by rung).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm_trials: Vec<WarmTrial>,
+}
+
+impl SearcherSpec {
+    /// Checks the settings and the points against `space`.
+    pub fn validate(&self, space: &Space) -> Result<()> {
+        self.config.validate(space)?;
+        start::complete_points(&self.points_to_evaluate, space, 0)?;
+        Ok(())
+    }
+
+    /// The searcher, started from the points and the warm-start trials (those outside `space`
+    /// are left out).
+    pub fn build(&self, space: &Space, metric: &str, mode: Mode, seed: u64) -> Result<Box<dyn Searcher>> {
+        let inner = self.config.build(space, metric, mode, seed)?;
+        if self.points_to_evaluate.is_empty() && self.warm_trials.is_empty() {
+            return Ok(inner);
+        }
+        let points = start::complete_points(&self.points_to_evaluate, space, seed)?;
+        let warm: Vec<WarmTrial> = self
+            .warm_trials
+            .iter()
+            .filter(|trial| space.contains(&trial.config))
+            .cloned()
+            .collect();
+        Ok(Box::new(start::Started::new(inner, points, &warm, metric)))
+    }
+}
+
+impl From<SearcherConfig> for SearcherSpec {
+    fn from(config: SearcherConfig) -> SearcherSpec {
+        SearcherSpec {
+            config,
+            ..SearcherSpec::default()
+        }
     }
 }
 

@@ -17,7 +17,8 @@ use crate::distinct::Distinct;
 /// Without grid parameters no configuration is drawn twice: a draw seen already is replaced
 /// by a fresh one, and a finite space ends the search once every configuration was drawn. With
 /// grid parameters the grid is meant to be repeated (`num_samples` passes, Ray Tune's
-/// convention), so draws are kept as they come.
+/// convention), and a space of fixed values only is one configuration run `num_samples` times
+/// (repeated runs, as in Ray Tune), so there draws are kept as they come.
 pub struct RandomSearch {
     space: Space,
     rng: ChaCha20Rng,
@@ -28,7 +29,10 @@ pub struct RandomSearch {
 impl RandomSearch {
     /// A random searcher over `space`, seeded from the experiment seed.
     pub fn new(space: Space, seed: u64) -> Self {
-        let distinct = space.grid_axes().is_empty().then(|| Distinct::new(&space));
+        // A space with nothing to draw (fixed values only) is one configuration to repeat
+        // `num_samples` times, as in Ray Tune, and a grid is meant to be repeated too.
+        let distinct =
+            Some(Distinct::new(&space)).filter(|distinct| space.grid_axes().is_empty() && distinct.size() != Some(1));
         RandomSearch {
             space,
             rng: rng::stream(seed, "searcher"),
@@ -48,13 +52,10 @@ impl Searcher for RandomSearch {
         let point = self.space.grid_point(trial.0.saturating_sub(1));
         let mut config = self.space.sample(&mut self.rng, &point);
         if let Some(distinct) = &mut self.distinct {
-            if distinct.contains(&config) {
-                match distinct.fresh(&self.space, &mut self.rng) {
-                    Some(fresh) => config = fresh,
-                    None => return Ok(Suggestion::Exhausted),
-                }
+            match distinct.claim(config, &self.space, &mut self.rng) {
+                Some(claimed) => config = claimed,
+                None => return Ok(Suggestion::Exhausted),
             }
-            distinct.insert(&config);
         }
         Ok(Suggestion::Config(config))
     }
@@ -91,6 +92,15 @@ mod tests {
             again.suggest(TrialId(1)).unwrap(),
             Suggestion::Config(configs[0].clone())
         );
+    }
+
+    #[test]
+    fn a_space_of_fixed_values_is_repeated() {
+        let space = Space::from_json(&json!({"x": 1, "name": {"fixed": "a"}})).unwrap();
+        let mut searcher = RandomSearch::new(space, 9);
+        for n in 1..=3 {
+            assert!(matches!(searcher.suggest(TrialId(n)).unwrap(), Suggestion::Config(_)));
+        }
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub fn simulate(
     }
     let seed = spec.seed.expect("resolved");
     let mut store = Store::open_or_create(store_path)?;
+    if let Some(name) = &spec.searcher.warm_start {
+        spec.searcher.warm_trials = crate::tuner::warm_trials(&store, name, &spec)?;
+    }
     let json = serde_json::to_string(&spec).expect("a spec always serializes");
     let experiment = store.create_experiment(&spec.name, &json, seed)?;
     let mut controller = crate::tuner::controller_for(&spec, seed)?;

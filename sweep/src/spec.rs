@@ -38,7 +38,7 @@ use tune_core::space::Space;
 use tune_core::trial::Mode;
 use tune_runtime::runner::{placeholders, resolve_program};
 use tune_schedulers::SchedulerConfig;
-use tune_search::SearcherConfig;
+use tune_search::{SearcherConfig, SearcherSpec};
 
 use crate::error::{Error, Result};
 pub use tune_tracking::{MLFLOW_TRACKING_URI, SweepFacts, Tracking};
@@ -79,7 +79,7 @@ pub struct Spec {
     pub space: Space,
     /// The searcher.
     #[serde(default)]
-    pub searcher: SearcherConfig,
+    pub searcher: SearcherSpec,
     /// The scheduler.
     #[serde(default)]
     pub scheduler: SchedulerConfig,
@@ -238,7 +238,7 @@ impl Spec {
             target: None,
             max_failed_trials: None,
             space: Space::new(),
-            searcher: SearcherConfig::default(),
+            searcher: SearcherSpec::default(),
             scheduler: SchedulerConfig::default(),
             trial: TrialSpec::default(),
             tracking: None,
@@ -420,7 +420,7 @@ impl Spec {
                 ),
             );
         }
-        if matches!(self.searcher, SearcherConfig::Bohb(_))
+        if matches!(self.searcher.config, SearcherConfig::Bohb(_))
             && !matches!(self.scheduler, SchedulerConfig::Hyperband(_) | SchedulerConfig::Asha(_))
         {
             return bad(
@@ -489,7 +489,7 @@ impl Spec {
             metric: self.metric.clone(),
             mode: self.mode,
             num_samples: self.num_samples,
-            searcher: self.searcher.kind().to_owned(),
+            searcher: self.searcher.config.kind().to_owned(),
             scheduler: self.scheduler.kind().to_owned(),
         }
     }
@@ -510,7 +510,7 @@ impl Spec {
 
     /// The controller settings this spec describes.
     pub fn controller_config(&self) -> Result<ControllerConfig> {
-        let per_sample = self.searcher.trials_per_sample(&self.space)?;
+        let per_sample = self.searcher.config.trials_per_sample(&self.space)?;
         Ok(ControllerConfig {
             metric: self.metric.clone(),
             mode: self.mode,

@@ -39,13 +39,14 @@ use std::time::Duration;
 
 use tune_core::controller::{Controller, Progress};
 use tune_core::space::Space;
-use tune_core::trial::Mode;
+use tune_core::trial::{Mode, TrialStatus};
+use tune_core::value::Config;
 use tune_runtime::driver::{Driver, DriverHandle, DriverSetup, ExperimentLock, Runner, SweepEnd};
 use tune_runtime::runner::{InProcessRunner, ProcessConfig, ProcessRunner, TrialContext};
 use tune_runtime::storage::{self, CheckpointStorage, StorageError};
 use tune_runtime::store::{ExperimentInfo, Store, StoredTrial};
 use tune_schedulers::SchedulerConfig;
-use tune_search::SearcherConfig;
+use tune_search::{SearcherConfig, WarmTrial};
 
 use crate::error::{Error, Result};
 use crate::progress;
@@ -143,7 +144,19 @@ impl TunerBuilder {
     }
     /// The searcher. Default random search.
     pub fn searcher(mut self, searcher: SearcherConfig) -> Self {
-        self.spec.searcher = searcher;
+        self.spec.searcher.config = searcher;
+        self
+    }
+    /// Configurations to run first, in order (as `[searcher] points_to_evaluate`): Ray Tune's
+    /// `points_to_evaluate`, Optuna's `enqueue_trial`. Parameters a point leaves out are drawn.
+    pub fn points_to_evaluate(mut self, points: Vec<Config>) -> Self {
+        self.spec.searcher.points_to_evaluate = points;
+        self
+    }
+    /// Learn from the finished trials of the experiment `name` in the same store before the
+    /// first suggestion (as `[searcher] warm_start`).
+    pub fn warm_start(mut self, name: &str) -> Self {
+        self.spec.searcher.warm_start = Some(name.to_owned());
         self
     }
     /// The scheduler. Default FIFO (no early stopping).
@@ -465,7 +478,11 @@ impl Tuner {
                         experiment
                     }
                     None => {
-                        let json = serde_json::to_string(spec.as_ref()).expect("a spec always serializes");
+                        let mut spec = spec.as_ref().clone();
+                        if let Some(name) = &spec.searcher.warm_start {
+                            spec.searcher.warm_trials = warm_trials(&store, name, &spec)?;
+                        }
+                        let json = serde_json::to_string(&spec).expect("a spec always serializes");
                         store.create_experiment(&spec.name, &json, spec.seed.expect("seed resolved when built"))?
                     }
                 }
@@ -544,6 +561,44 @@ pub fn controller_for(spec: &Spec, seed: u64) -> Result<Controller> {
         spec.searcher.build(&spec.space, &spec.metric, spec.mode, seed)?,
         spec.scheduler.build(spec.mode, seed, &spec.space)?,
     ))
+}
+
+/// The finished trials of the experiment `name` in `store`, for `[searcher] warm_start`: each
+/// with its last value of the metric (`None` when it errored or never reported it). The
+/// earlier experiment must optimise the same metric in the same mode.
+pub(crate) fn warm_trials(store: &Store, name: &str, spec: &Spec) -> Result<Vec<WarmTrial>> {
+    let setting = |message: String| Error::setting("searcher.warm_start", message);
+    let Some(earlier) = store.experiments()?.into_iter().find(|e| e.name == name) else {
+        return Err(setting(format!(
+            "no experiment \"{name}\" in {}",
+            store.path().display()
+        )));
+    };
+    if earlier.name == spec.name {
+        return Err(setting(format!("\"{name}\" is this experiment itself")));
+    }
+    let stored: Spec = serde_json::from_str(&earlier.spec).map_err(tune_runtime::Error::from)?;
+    if (stored.metric.as_str(), stored.mode) != (spec.metric.as_str(), spec.mode) {
+        return Err(setting(format!(
+            "experiment \"{name}\" optimises \"{}\" ({}), this sweep \"{}\" ({})",
+            stored.metric, stored.mode, spec.metric, spec.mode
+        )));
+    }
+    Ok(store
+        .trials(earlier.id)?
+        .into_iter()
+        .filter(|trial| trial.status.is_final())
+        .map(|trial| WarmTrial {
+            value: match trial.status {
+                TrialStatus::Errored => None,
+                _ => trial
+                    .last
+                    .as_ref()
+                    .and_then(|report| report.metrics.get(&spec.metric).copied()),
+            },
+            config: trial.config,
+        })
+        .collect())
 }
 
 /// Warns when a resumed experiment's stored spec differs from the settings given now.

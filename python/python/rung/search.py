@@ -8,13 +8,22 @@ Pass one to ``rung.Tuner(searcher=...)``, or use it on its own (ask/tell) with `
     tpe.on_complete("t1", {"loss": 0.3})
 
 Every searcher is deterministic given its seed and the results it is told, which is what lets
-a restored sweep continue exactly.
+a restored sweep continue exactly. None proposes a configuration twice; on a finite space it
+reports itself ``exhausted`` once every configuration was proposed.
+
+Every searcher also takes ``points_to_evaluate=[{...}, ...]``, configurations to run first (as
+Ray Tune's searchers and Optuna's ``enqueue_trial``; parameters a point leaves out are drawn),
+and, in a sweep, ``warm_start="experiment-name"``: an earlier experiment of the same store whose
+finished trials the searcher learns from before its first suggestion::
+
+    rung.Tuner(train, param_space=space, searcher=rung.search.TPE(
+        points_to_evaluate=[{"lr": 1e-3, "batch": 64}], warm_start="yesterday"), ...)
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from . import _rung
 from ._base import _Component
@@ -35,9 +44,18 @@ class Searcher(_Component):
         metric: Optional[str] = None,
         mode: Optional[str] = None,
         seed: Optional[int] = None,
+        points_to_evaluate: Optional[Sequence[Mapping[str, Any]]] = None,
+        warm_start: Optional[str] = None,
         _settings: Optional["dict[str, Any]"] = None,
     ) -> None:
-        super().__init__(_settings or {}, metric=metric, mode=mode, seed=seed, space=space)
+        settings = dict(_settings or {})
+        if points_to_evaluate is not None:
+            # Configurations to run first, in order (Ray Tune's ``points_to_evaluate``, Optuna's
+            # ``enqueue_trial``); top-level parameters a point leaves out are drawn.
+            settings["points_to_evaluate"] = [dict(point) for point in points_to_evaluate]
+        # An earlier experiment of the same store to learn from before the first suggestion.
+        settings["warm_start"] = warm_start
+        super().__init__(settings, metric=metric, mode=mode, seed=seed, space=space)
 
     def _native(self) -> Any:
         if self._native_obj is None:

@@ -324,16 +324,10 @@ impl Searcher for GpSearch {
         } else {
             self.model_suggestion().unwrap_or_else(|| self.quasi_random(index))
         };
-        // Every acquisition optimum (or the Sobol point) was seen: a fresh random one, if any.
-        let config = if self.distinct.contains(&config) {
-            match self.distinct.fresh(&self.space, &mut self.rng) {
-                Some(fresh) => fresh,
-                None => return Ok(Suggestion::Exhausted),
-            }
-        } else {
-            config
+        // Every acquisition optimum (or the Sobol point) was seen: a fresh random one instead, if any.
+        let Some(config) = self.distinct.claim(config, &self.space, &mut self.rng) else {
+            return Ok(Suggestion::Exhausted);
         };
-        self.distinct.insert(&config);
         let (u, active) = self.unit.encode(&config);
         self.pending.insert(trial, self.layout.point(&u, &active));
         Ok(Suggestion::Config(config))
