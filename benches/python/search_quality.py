@@ -56,6 +56,7 @@ import functools
 import gzip
 import math
 import multiprocessing
+import json
 import os
 import platform
 import sys
@@ -466,7 +467,9 @@ def config_key(config: Mapping[str, Any]) -> Tuple[Tuple[str, Any], ...]:
 
 def run_rung(problem: Problem, searcher: str, seed: int, evaluations: int) -> Run:
     cls = {"rung-tpe": rung.search.TPE, "rung-gp": rung.search.GP, "random": rung.search.Random}[searcher]
-    s = cls(space=rung_space(problem.space), metric="loss", mode="min", seed=seed)
+    # RUNG_TPE_SETTINGS='{"gamma": 0.2}' tries other settings of rung's TPE (for tuning its defaults).
+    settings = json.loads(os.environ.get("RUNG_TPE_SETTINGS", "{}")) if searcher == "rung-tpe" else {}
+    s = cls(space=rung_space(problem.space), metric="loss", mode="min", seed=seed, **settings)
     values: List[float] = []
     times: List[float] = []
     seen = set()

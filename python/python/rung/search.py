@@ -131,8 +131,8 @@ class TPE(Searcher):
 
     Args:
         n_startup_trials: random configurations before the model is used (10).
-        n_ei_candidates: candidates drawn per suggestion (24).
-        gamma: fixed fraction of results counted as good (default min(ceil(0.1 n), 25)/n).
+        n_ei_candidates: candidates drawn per suggestion (48).
+        gamma: fixed fraction of results counted as good (default min(ceil(0.15 n), 25)/n).
         multivariate: joint kernels instead of one density per parameter (True).
         constant_liar: count running trials as bad results, so parallel workers spread out.
         prior_weight: weight of the prior in each estimator (1.0).

@@ -73,12 +73,12 @@ fn good_trials(tpe: &Tpe) -> Vec<u64> {
 }
 
 #[test]
-fn gamma_is_a_tenth_capped_at_25_or_the_fixed_fraction() {
-    let default: Vec<usize> = [0, 1, 9, 10, 11, 30, 100, 249, 250, 251, 10_000]
+fn gamma_is_fifteen_percent_capped_at_25_or_the_fixed_fraction() {
+    let default: Vec<usize> = [0, 1, 6, 7, 10, 20, 21, 100, 166, 167, 10_000]
         .iter()
         .map(|&n| n_good(None, n))
         .collect();
-    assert_eq!(default, [0, 1, 1, 1, 2, 3, 10, 25, 25, 25, 25]);
+    assert_eq!(default, [0, 1, 1, 2, 2, 3, 4, 15, 25, 25, 25]);
     assert_eq!(n_good(Some(0.3), 10), 3);
     assert_eq!(n_good(Some(0.25), 10), 3);
     assert_eq!(n_good(Some(0.01), 10), 1);
@@ -90,9 +90,9 @@ fn gamma_is_a_tenth_capped_at_25_or_the_fixed_fraction() {
 fn the_best_results_are_good_and_failures_never_are() {
     let space = space(json!({"x": {"uniform": [0, 1]}}));
     let mut searcher = tpe(r#"{"n_startup_trials": 100}"#, &space, 1);
-    // Trial t has loss |t − 15|: the best three are 14, 15 and 16.
+    // Trial t has loss |t − 15|: ⌈0.15 · 30⌉ = 5 good, the best five are 13 to 17.
     tell_each(&mut searcher, 1..=30, |trial, _| (trial as f64 - 15.0).abs());
-    assert_eq!(good_trials(&searcher), [14, 15, 16]);
+    assert_eq!(good_trials(&searcher), [13, 14, 15, 16, 17]);
 
     // Maximising with a fixed fraction: the best half of the finite results, and a failure,
     // a NaN and an infinity are bad however many are asked for.
@@ -152,8 +152,8 @@ fn a_trial_stopped_early_counts_with_its_latest_intermediate_value() {
             failed: false,
         },
     );
-    // ⌈21/10⌉ = 3 good results: trial 21 (loss 1), trials 1 and 2 (losses 11 and 12).
-    assert_eq!(good_trials(&searcher), [1, 2, 21]);
+    // ⌈0.15 · 21⌉ = 4 good results: trial 21 (loss 1), trials 1 to 3 (losses 11 to 13).
+    assert_eq!(good_trials(&searcher), [1, 2, 3, 21]);
 }
 
 /// The categorical mixture written out kernel by kernel: each observation's kernel puts
