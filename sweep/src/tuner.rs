@@ -574,9 +574,6 @@ pub(crate) fn warm_trials(store: &Store, name: &str, spec: &Spec) -> Result<Vec<
             store.path().display()
         )));
     };
-    if earlier.name == spec.name {
-        return Err(setting(format!("\"{name}\" is this experiment itself")));
-    }
     let stored: Spec = serde_json::from_str(&earlier.spec).map_err(tune_runtime::Error::from)?;
     if (stored.metric.as_str(), stored.mode) != (spec.metric.as_str(), spec.mode) {
         return Err(setting(format!(
@@ -609,6 +606,8 @@ fn warn_if_settings_differ(experiment: &ExperimentInfo, given: &Spec) {
     // The seed and concurrency of a builder without explicit ones are filled in per run.
     stored.seed = given.seed;
     stored.max_concurrent = given.max_concurrent;
+    // The warm start's trials are filled in when the experiment is created.
+    stored.searcher.warm_trials.clone_from(&given.searcher.warm_trials);
     if stored != *given {
         tracing::warn!(experiment = %experiment.name, "resuming with the stored spec; the settings given now differ from it and are ignored");
         eprintln!(
