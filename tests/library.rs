@@ -381,6 +381,11 @@ fn small(store: &std::path::Path, name: &str) -> TunerBuilder {
         .store(store)
 }
 
+/// The error of a sweep that must not run.
+async fn refusal(builder: TunerBuilder) -> String {
+    builder.build().unwrap().run(score_once).await.unwrap_err().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn points_run_first_and_a_warm_start_never_reruns_an_earlier_experiment() {
     let dir = tempfile::tempdir().unwrap();
@@ -429,31 +434,14 @@ async fn points_run_first_and_a_warm_start_never_reruns_an_earlier_experiment() 
     let spec: serde_json::Value = serde_json::from_str(&info.spec).unwrap();
     assert_eq!(spec["searcher"]["warm_trials"].as_array().map(Vec::len), Some(5));
     // An unknown experiment, or one that optimises another metric, is refused by name.
-    let error = small(&store, "third")
-        .warm_start("nope")
-        .build()
-        .unwrap()
-        .run(score_once)
-        .await
-        .unwrap_err();
+    let error = refusal(small(&store, "third").warm_start("nope")).await;
     assert!(
-        error
-            .to_string()
-            .contains("setting \"searcher.warm_start\": no experiment \"nope\""),
+        error.contains("setting \"searcher.warm_start\": no experiment \"nope\""),
         "{error}"
     );
-    let error = small(&store, "fourth")
-        .metric("score", Mode::Max)
-        .warm_start("first")
-        .build()
-        .unwrap()
-        .run(score_once)
-        .await
-        .unwrap_err();
+    let error = refusal(small(&store, "fourth").metric("score", Mode::Max).warm_start("first")).await;
     assert!(
-        error
-            .to_string()
-            .contains("experiment \"first\" optimises \"score\" (min), this sweep \"score\" (max)"),
+        error.contains("experiment \"first\" optimises \"score\" (min), this sweep \"score\" (max)"),
         "{error}"
     );
 }
