@@ -223,38 +223,24 @@ def test_points_to_evaluate_come_first_and_a_warm_start_learns_from_an_earlier_s
     def train(config: dict) -> None:
         rung.report({"loss": "abc".index(config["c"]) + config["layers"]})
 
-    first = rung.Tuner(
-        train,
-        param_space=space,
-        metric="loss",
-        num_samples=4,
-        name="first",
-        searcher=rung.search.TPE(points_to_evaluate=[{"c": "b", "layers": 3}, {"c": "a"}]),
-        storage_path=storage,
-        max_concurrent_trials=1,
-        verbose=0,
-    ).fit()
+    def fit(name: str, num_samples: int, searcher: rung.search.Searcher) -> rung.ResultGrid:
+        return rung.Tuner(
+            train,
+            param_space=space,
+            metric="loss",
+            num_samples=num_samples,
+            name=name,
+            searcher=searcher,
+            storage_path=storage,
+            max_concurrent_trials=1,
+            verbose=0,
+        ).fit()
+
+    first = fit("first", 4, rung.search.TPE(points_to_evaluate=[{"c": "b", "layers": 3}, {"c": "a"}]))
     assert first[0].config == {"c": "b", "layers": 3} and first[1].config["c"] == "a"
-    second = rung.Tuner(
-        train,
-        param_space=space,
-        metric="loss",
-        num_samples=50,
-        name="second",
-        searcher=rung.search.TPE(warm_start="first"),
-        storage_path=storage,
-        max_concurrent_trials=1,
-        verbose=0,
-    ).fit()
+    second = fit("second", 50, rung.search.TPE(warm_start="first"))
     earlier = [r.config for r in first]
     # The 9 configurations less the 4 run before; then the space is exhausted.
     assert len(second) == 5 and not any(r.config in earlier for r in second)
     with pytest.raises(ValueError, match='points_to_evaluate\\[0\\]": parameter "c"'):
-        rung.Tuner(
-            train,
-            param_space=space,
-            metric="loss",
-            searcher=rung.search.TPE(points_to_evaluate=[{"c": "z"}]),
-            storage_path=storage,
-            verbose=0,
-        ).fit()
+        fit("third", 1, rung.search.TPE(points_to_evaluate=[{"c": "z"}]))

@@ -448,7 +448,7 @@ fn truncated_normal(rng: &mut impl Rng, mean: f64, sigma: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{arb_space, branin, config_of, float};
+    use crate::test_support::{arb_space, branin, config_of, distinct_or_exhausted, float};
     use proptest::prelude::*;
     use rand::Rng;
     use serde_json::json;
@@ -771,16 +771,10 @@ mod tests {
             let mut values = rng::stream(seed, "test");
             let mut seen = crate::distinct::Distinct::new(&space);
             for n in 1..=40 {
-                let config = match searcher.suggest(TrialId(n)).unwrap() {
-                    Suggestion::Config(config) => config,
-                    other => {
-                        prop_assert_eq!(other, Suggestion::Exhausted);
-                        prop_assert!(seen.exhausted(), "exhausted after {n} suggestions of {space:?}");
-                        break;
-                    }
+                let suggestion = searcher.suggest(TrialId(n)).unwrap();
+                let Some(_config) = distinct_or_exhausted(suggestion, &space, &mut seen)? else {
+                    break;
                 };
-                prop_assert!(space.contains(&config), "{config:?} not in {space:?}");
-                prop_assert!(seen.insert(&config), "{config:?} proposed twice");
                 searcher.on_trial_result(TrialId(n), &report(1, values.random::<f64>()));
                 if n % 2 == 0 {
                     searcher.on_trial_result(TrialId(n), &report(2, values.random::<f64>()));

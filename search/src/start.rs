@@ -140,6 +140,7 @@ impl Searcher for Started {
 mod tests {
     use super::*;
     use crate::SearcherConfig;
+    use crate::test_support::{ask, tell};
     use serde_json::json;
     use tune_core::trial::Mode;
 
@@ -149,29 +150,6 @@ mod tests {
 
     fn config(value: Value) -> Config {
         serde_json::from_value(value).unwrap()
-    }
-
-    fn ask(searcher: &mut dyn Searcher, trial: u64) -> Config {
-        match searcher.suggest(TrialId(trial)).unwrap() {
-            Suggestion::Config(config) => config,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn tell(searcher: &mut dyn Searcher, trial: u64, config: &Config, value: f64) {
-        let report = Report {
-            step: 1,
-            metrics: Metrics::from([("loss".to_owned(), value)]),
-        };
-        searcher.on_trial_result(TrialId(trial), &report);
-        searcher.on_trial_complete(
-            TrialId(trial),
-            &TrialResult {
-                config,
-                last: Some(&report),
-                failed: false,
-            },
-        );
     }
 
     #[test]

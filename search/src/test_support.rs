@@ -2,8 +2,9 @@
 //! and random search spaces for property tests.
 
 use proptest::prelude::*;
-use tune_core::searcher::Suggestion;
+use tune_core::searcher::{Searcher, Suggestion, TrialResult};
 use tune_core::space::{Domain, Space};
+use tune_core::trial::{Metrics, Report, TrialId};
 use tune_core::value::Config;
 
 /// The Branin function, minimum 0.397887 (at three points of `[-5, 10] × [0, 15]`).
@@ -19,6 +20,49 @@ pub(crate) fn config_of(suggestion: Suggestion) -> Config {
         Suggestion::Config(config) => config,
         other => panic!("expected a config, got {other:?}"),
     }
+}
+
+/// The configuration `searcher` suggests for `trial`, which must be one.
+pub(crate) fn ask(searcher: &mut dyn Searcher, trial: u64) -> Config {
+    config_of(searcher.suggest(TrialId(trial)).unwrap())
+}
+
+/// Tells `searcher` that `trial` ran `config` and ended with `loss` = `value` at step 1.
+pub(crate) fn tell(searcher: &mut dyn Searcher, trial: u64, config: &Config, value: f64) {
+    let report = Report {
+        step: 1,
+        metrics: Metrics::from([("loss".to_owned(), value)]),
+    };
+    searcher.on_trial_result(TrialId(trial), &report);
+    searcher.on_trial_complete(
+        TrialId(trial),
+        &TrialResult {
+            config,
+            last: Some(&report),
+            failed: false,
+        },
+    );
+}
+
+/// Checks a suggestion of a property test: a configuration in `space` not proposed before
+/// (recorded in `seen`), or `Exhausted` only once `seen` holds the whole finite space. `None`
+/// when exhausted.
+pub(crate) fn distinct_or_exhausted(
+    suggestion: Suggestion,
+    space: &Space,
+    seen: &mut crate::distinct::Distinct,
+) -> Result<Option<Config>, TestCaseError> {
+    let config = match suggestion {
+        Suggestion::Config(config) => config,
+        other => {
+            prop_assert_eq!(other, Suggestion::Exhausted);
+            prop_assert!(seen.exhausted(), "exhausted after {:?} of {space:?}", seen.size());
+            return Ok(None);
+        }
+    };
+    prop_assert!(space.contains(&config), "{config:?} not in {space:?}");
+    prop_assert!(seen.insert(&config), "{config:?} proposed twice");
+    Ok(Some(config))
 }
 
 /// The number at `name` (a dotted path) in `config`.

@@ -7,7 +7,7 @@ use tune_core::trial::Metrics;
 
 use super::space::Axis;
 use super::*;
-use crate::test_support::{arb_space, branin, config_of, float};
+use crate::test_support::{arb_space, ask, branin, distinct_or_exhausted, float, tell};
 use crate::{AskTell, SearcherConfig};
 
 fn settings(text: &str) -> TpeConfig {
@@ -16,26 +16,6 @@ fn settings(text: &str) -> TpeConfig {
 
 fn tpe(text: &str, space: &Space, seed: u64) -> Tpe {
     Tpe::new(&settings(text), space, "loss", Mode::Min, seed)
-}
-
-fn ask(tpe: &mut Tpe, trial: u64) -> Config {
-    config_of(tpe.suggest(TrialId(trial)).unwrap())
-}
-
-fn tell(tpe: &mut Tpe, trial: u64, config: &Config, value: f64) {
-    let report = Report {
-        step: 1,
-        metrics: Metrics::from([("loss".to_owned(), value)]),
-    };
-    tpe.on_trial_result(TrialId(trial), &report);
-    tpe.on_trial_complete(
-        TrialId(trial),
-        &TrialResult {
-            config,
-            last: Some(&report),
-            failed: false,
-        },
-    );
 }
 
 /// Asks for and tells each of `trials` in turn, trial `t` with configuration `c` scoring
@@ -591,16 +571,10 @@ proptest! {
         let mut searcher = Tpe::new(&config, &space, "loss", Mode::Min, seed);
         let mut seen = crate::distinct::Distinct::new(&space);
         for trial in 1..=30 {
-            let config = match searcher.suggest(TrialId(trial)).unwrap() {
-                Suggestion::Config(config) => config,
-                other => {
-                    prop_assert_eq!(other, Suggestion::Exhausted);
-                    prop_assert!(seen.exhausted(), "exhausted after {trial} suggestions of {space:?}");
-                    break;
-                }
+            let suggestion = searcher.suggest(TrialId(trial)).unwrap();
+            let Some(config) = distinct_or_exhausted(suggestion, &space, &mut seen)? else {
+                break;
             };
-            prop_assert!(space.contains(&config), "{config:?} not in {space:?}");
-            prop_assert!(seen.insert(&config), "{config:?} proposed twice");
             // A loss that depends on the configuration, with a failure now and then.
             let loss = (config.to_json().len() as f64 * 0.37 + trial as f64 * 1.7).sin();
             if trial % 7 != 0 {
