@@ -134,7 +134,6 @@ pub struct Tpe {
     latest: BTreeMap<u64, f64>,
     /// The configurations suggested and not finished yet.
     pending: BTreeMap<u64, Config>,
-    suggested: u64,
     /// Every configuration suggested or told of, so that none is proposed twice.
     distinct: Distinct,
 }
@@ -177,7 +176,6 @@ impl Tpe {
             model_space,
             latest: BTreeMap::new(),
             pending: BTreeMap::new(),
-            suggested: 0,
             distinct: Distinct::new(space),
         }
     }
@@ -253,7 +251,10 @@ impl Tpe {
 
 impl Searcher for Tpe {
     fn suggest(&mut self, trial: TrialId) -> Result<Suggestion> {
-        let modelled = self.suggested >= self.settings.n_startup_trials;
+        // Trials told of without being suggested here (a warm start, points to evaluate) count
+        // towards the start-up trials: the model has their results to work from.
+        // (In a plain sweep this is the number of suggestions so far.)
+        let modelled = self.observations.trials.len() as u64 >= self.settings.n_startup_trials;
         let proposal = if modelled {
             self.suggest_from_model()
         } else {
@@ -265,7 +266,6 @@ impl Searcher for Tpe {
             return Ok(Suggestion::Exhausted);
         };
         self.distinct.insert(&config);
-        self.suggested += 1;
         let slot = self.observations.slot(trial.0);
         if !self.observations.completed[slot] {
             self.observations.set_row(slot, &row);

@@ -657,3 +657,20 @@ fn joint_bandwidths_follow_the_gaps_to_the_neighbours() {
     assert_eq!(ramp[4], 1.0);
     assert_eq!(ramp[5], 1.0);
 }
+
+#[test]
+fn trials_told_without_a_suggestion_count_towards_the_start_up() {
+    // Twenty results told first (a warm start), the good ones near x = 0.9: the first
+    // suggestion comes from the model, not from the ten random start-up draws.
+    let space = space(json!({"x": {"uniform": [0, 1]}}));
+    for seed in 0..8 {
+        let mut searcher = tpe("{}", &space, seed);
+        for trial in 1..=20u64 {
+            let x = trial as f64 / 20.0 - 0.025;
+            let config: Config = serde_json::from_value(json!({ "x": x })).unwrap();
+            tell(&mut searcher, trial, &config, (x - 0.9).abs());
+        }
+        let x = float(&ask(&mut searcher, 21), "x");
+        assert!(x > 0.6, "seed {seed}: {x}");
+    }
+}
