@@ -1,4 +1,5 @@
-//! Store speed: reports appended with group commit, durable (WAL, synchronous=FULL).
+//! Store speed: reports appended with group commit at both durability levels (WAL without an
+//! fsync, and WAL with an fsync per commit).
 //!
 //! Each iteration commits one batch of `n` reports — each report is an event in the log, a row
 //! in `reports` and an update of its trial's row, as the driver writes them — in one
@@ -9,7 +10,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use rung::tune_core::controller::{Event, Record, TrialRow};
 use rung::tune_core::trial::{Metrics, Report, TrialId, TrialStatus};
 use rung::tune_core::value::Config;
-use rung::tune_runtime::store::{Batch, LoggedEvent, Store};
+use rung::tune_runtime::store::{Batch, Flush, LoggedEvent, Store};
 
 fn batch(first_seq: u64, n: u64, trials: u64) -> Batch {
     let mut batch = Batch::default();
@@ -54,19 +55,21 @@ fn group_commit(c: &mut Criterion) {
     let experiment = store.create_experiment("bench", "{}", 0).unwrap();
     let mut next_seq = 1;
     let mut group = c.benchmark_group("store");
-    for n in [1u64, 64, 1024] {
-        group.throughput(Throughput::Elements(n));
-        group.bench_function(format!("commit {n} reports"), |b| {
-            b.iter_batched(
-                || {
-                    let prepared = batch(next_seq, n, 256);
-                    next_seq += n;
-                    prepared
-                },
-                |prepared| store.commit(experiment.id, &prepared).unwrap(),
-                BatchSize::SmallInput,
-            )
-        });
+    for (flush, level) in [(Flush::Os, "process"), (Flush::Disk, "power")] {
+        for n in [1u64, 64, 1024] {
+            group.throughput(Throughput::Elements(n));
+            group.bench_function(format!("commit {n} reports, durability {level}"), |b| {
+                b.iter_batched(
+                    || {
+                        let prepared = batch(next_seq, n, 256);
+                        next_seq += n;
+                        prepared
+                    },
+                    |prepared| store.commit(experiment.id, &prepared, flush).unwrap(),
+                    BatchSize::SmallInput,
+                )
+            });
+        }
     }
     group.finish();
 }

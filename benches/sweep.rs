@@ -5,19 +5,21 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use rung::spec::Durability;
 use rung::workloads::{LearningCurve, learning_curve_space};
 use rung::{Decision, Mode, Tuner};
 
 const TRIALS: i64 = 200;
 const STEPS: u64 = 50;
 
-fn sweep(runtime: &tokio::runtime::Runtime, concurrency: usize) -> Duration {
+fn sweep(runtime: &tokio::runtime::Runtime, concurrency: usize, durability: Durability) -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let tuner = Tuner::builder()
         .space(learning_curve_space())
         .metric("loss", Mode::Min)
         .num_samples(TRIALS)
         .max_concurrent(concurrency)
+        .durability(durability)
         .seed(1)
         .progress(false)
         .interrupt_on_ctrl_c(false)
@@ -48,11 +50,16 @@ fn end_to_end(c: &mut Criterion) {
     let mut group = c.benchmark_group("sweep");
     group.sample_size(10);
     group.throughput(criterion::Throughput::Elements(TRIALS as u64 * STEPS));
-    for concurrency in [8, 64] {
-        group.bench_function(
-            format!("{TRIALS} trials x {STEPS} reports, {concurrency} at once"),
-            |b| b.iter_custom(|iterations| (0..iterations).map(|_| sweep(&runtime, concurrency)).sum()),
-        );
+    for durability in [Durability::Process, Durability::Power] {
+        for concurrency in [1, 8, 64] {
+            group.bench_function(
+                format!(
+                    "{TRIALS} trials x {STEPS} reports, {concurrency} at once, durability {}",
+                    durability.label()
+                ),
+                |b| b.iter_custom(|iterations| (0..iterations).map(|_| sweep(&runtime, concurrency, durability)).sum()),
+            );
+        }
     }
     group.finish();
 }

@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(2)).await; // stands in for training
                 let metrics = [("loss", curve.loss(step))];
                 let decision = if step % 9 == 0 {
-                    std::fs::write(trial.checkpoint_dir().join("state.txt"), step.to_string())?;
+                    std::fs::write(trial.checkpoint_dir()?.join("state.txt"), step.to_string())?;
                     trial.report_checkpoint(step, metrics).await
                 } else {
                     trial.report(step, metrics).await

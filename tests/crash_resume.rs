@@ -41,11 +41,26 @@ fn spawn(sandbox: &Sandbox, args: &[&str]) -> Child {
 
 #[test]
 fn a_sweep_killed_with_sigkill_resumes_exactly() {
+    // The default level, with the keep policy deleting checkpoints as the sweep goes: each
+    // deletion waits for an fsynced commit, so a kill never leaves the store pointing at a
+    // deleted checkpoint.
+    killed_three_times_resumes_exactly("process", "checkpoint_keep = 1");
+}
+
+#[test]
+fn a_sweep_killed_with_sigkill_resumes_exactly_at_durability_power() {
+    killed_three_times_resumes_exactly("power", "");
+}
+
+/// Runs a sweep at `durability` (`extra_trial` added to its `[trial]` table), kills it with
+/// SIGKILL three times mid-run, resumes it to its end and checks the store against what each
+/// kill left.
+fn killed_three_times_resumes_exactly(durability: &str, extra_trial: &str) {
     let _deadline = common::deadline(Duration::from_secs(300));
     let sandbox = Sandbox::new();
     let script = sandbox.path("trials/learning_curve.py").display().to_string();
     let spec = common::learning_curve_spec(
-        &format!("num_samples = {TRIALS}\nmax_concurrent = 3"),
+        &format!("num_samples = {TRIALS}\nmax_concurrent = 3\ndurability = \"{durability}\""),
         &[
             "--steps",
             &STEPS.to_string(),
@@ -54,7 +69,7 @@ fn a_sweep_killed_with_sigkill_resumes_exactly() {
             "--checkpoint-every",
             "3",
         ],
-        "",
+        extra_trial,
     )
     .replace("\"trials/learning_curve.py\"", &format!("\"{script}\""));
     sandbox.write("spec.toml", &spec);
@@ -179,6 +194,20 @@ fn a_sweep_killed_with_sigkill_resumes_exactly() {
         !restarted_from_checkpoint.is_empty(),
         "at least one kill should land while a checkpointed trial runs"
     );
+    // The store never points at a checkpoint that is gone.
+    let checkpoints = store.checkpoints(info.id).unwrap();
+    for checkpoint in checkpoints.iter().filter(|c| !c.deleted) {
+        assert!(
+            std::path::Path::new(&checkpoint.path).is_dir(),
+            "the store lists {checkpoint:?}, which is not on disk"
+        );
+    }
+    if !extra_trial.is_empty() {
+        assert!(
+            checkpoints.iter().any(|c| c.deleted),
+            "the keep policy deleted no checkpoint"
+        );
+    }
 }
 
 #[test]

@@ -32,7 +32,7 @@ async fn train(mut trial: rung::TrialContext, reports: Arc<AtomicUsize>) -> anyh
         tokio::time::sleep(Duration::from_millis(5)).await;
         reports.fetch_add(1, Ordering::SeqCst);
         let decision = if step % 2 == 0 {
-            std::fs::write(trial.checkpoint_dir().join("step"), step.to_string())?;
+            std::fs::write(trial.checkpoint_dir()?.join("step"), step.to_string())?;
             trial.report_checkpoint(step, [("loss", curve.loss(step))]).await
         } else {
             trial.report(step, [("loss", curve.loss(step))]).await
@@ -268,7 +268,7 @@ async fn count_to_nine(mut trial: rung::TrialContext, restored: Arc<Mutex<Vec<Pa
         None => 1,
     };
     for step in start..=9 {
-        std::fs::write(trial.checkpoint_dir().join("step"), step.to_string())?;
+        std::fs::write(trial.checkpoint_dir()?.join("step"), step.to_string())?;
         if trial.report_checkpoint(step, [("loss", curve.loss(step))]).await != Decision::Continue {
             break;
         }

@@ -9,7 +9,8 @@
 #
 # The environment is made once: target/bench-venv/.bench-requirements holds the pinned list it
 # was made from, and a change of the list (or of the interpreter) makes it afresh.
-# SKIP_BUILD=1 runs with the rung already built into it (no cargo).
+# SKIP_BUILD=1 runs with the rung already built into it (no cargo); SKIP_RUN=1 only makes the
+# environment and builds (benches/python/sweep_overhead.sh uses it).
 #
 # torch is there for Optuna's GPSampler (with scipy; greenlet lets it run its L-BFGS-B starts
 # batched, without which it warns and is slower). PyPI has no CPU-only torch wheel for
@@ -46,4 +47,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     VIRTUAL_ENV="$PWD/$venv" "$venv/bin/maturin" develop --quiet --release --manifest-path python/Cargo.toml
 fi
 
+if [[ "${SKIP_RUN:-0}" == 1 ]]; then
+    exit 0
+fi
 exec "$venv/bin/python" benches/python/search_quality.py "$@"

@@ -163,7 +163,8 @@ impl Trial {
         self.shared.files.dir.display().to_string()
     }
 
-    /// The folder a checkpoint is written into before `report(..., checkpoint=True)`.
+    /// The folder a checkpoint is written into before `report(..., checkpoint=True)`; it is
+    /// not created until the trial writes a checkpoint (`rung.checkpoint_dir()` creates it).
     #[getter]
     fn checkpoint_dir(&self) -> String {
         self.shared.files.staging().display().to_string()

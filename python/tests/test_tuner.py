@@ -37,6 +37,49 @@ def test_fit_returns_every_trial_with_its_results(storage: str) -> None:
     assert results.get_best_result("acc", "max", scope="last").trial_id == best.trial_id
 
 
+def test_power_durability_runs_the_same_sweep_and_bad_levels_are_refused(tmp_path) -> None:
+    def best(durability: str) -> "tuple[dict, float]":
+        results = rung.Tuner(
+            trainables.curve,
+            param_space=SPACE,
+            metric="loss",
+            num_samples=6,
+            max_concurrent_trials=1,
+            seed=5,
+            storage_path=str(tmp_path / durability),
+            durability=durability,
+            verbose=0,
+        ).fit()
+        return results.best_result.config, results.best_result.metrics["loss"]
+
+    assert best("power") == best("process")
+    with pytest.raises(ValueError, match='setting "durability": must be "process" or "power", got \'disk\''):
+        rung.Tuner(trainables.curve, param_space=SPACE, metric="loss", durability="disk")
+
+
+def test_trials_reuse_worker_threads(storage: str) -> None:
+    import threading
+
+    threads = set()
+
+    def train(config: dict) -> None:
+        threads.add(threading.get_ident())
+        rung.report({"loss": config["lr"]})
+
+    results = rung.Tuner(
+        train,
+        param_space=SPACE,
+        metric="loss",
+        num_samples=20,
+        max_concurrent_trials=2,
+        storage_path=storage,
+        verbose=0,
+    ).fit()
+    assert results.counts() == {"completed": 20}
+    # Two trials at once and one worker waiting for the next launch: never a thread per trial.
+    assert len(threads) <= 3, threads
+
+
 def test_dataframe_columns(storage: str) -> None:
     results = rung.Tuner(
         trainables.curve, param_space=SPACE, metric="loss", num_samples=4, seed=1, storage_path=storage, verbose=0

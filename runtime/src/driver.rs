@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Result};
-use crate::store::{Batch, ExperimentInfo, LoggedEvent, Store};
+use crate::store::{Batch, Durability, ExperimentInfo, Flush, LoggedEvent, Store};
 use tune_core::controller::{Command, Controller, Event, Launch, Outcome, Progress, Record, Summary};
 use tune_core::trial::{Decision, Report, TrialId};
 
@@ -151,6 +151,8 @@ pub enum SweepEnd {
 pub struct DriverSetup {
     /// The store, opened.
     pub store: Store,
+    /// How far each group commit goes before the reports in it are answered.
+    pub durability: Durability,
     /// The experiment to run (new or being resumed).
     pub experiment: ExperimentInfo,
     /// A controller with a fresh searcher and scheduler.
@@ -203,6 +205,7 @@ impl Driver {
         let Driver { sender, receiver } = self;
         let DriverSetup {
             mut store,
+            durability,
             experiment,
             mut controller,
             runner,
@@ -301,7 +304,12 @@ impl Driver {
                     }
                 }
             }
-            store.commit(experiment.id, &batch)?;
+            // A checkpoint the keep policy dropped is deleted only once the commit that stops
+            // referencing it is on the disk: after a power loss the store must not point at a
+            // checkpoint that is gone.
+            let deletes = actions.iter().any(|a| matches!(a, Command::DeleteCheckpoint { .. }));
+            let flush = if deletes { Flush::Disk } else { durability.flush() };
+            store.commit(experiment.id, &batch, flush)?;
             if let Some(on_commit) = on_commit.as_mut()
                 && !batch.records.is_empty()
             {

@@ -692,9 +692,12 @@ impl TrialContext {
         self.restore.as_ref().map(|(step, path)| (*step, path.as_path()))
     }
 
-    /// The folder to write a new checkpoint into before [`TrialContext::report_checkpoint`].
-    pub fn checkpoint_dir(&self) -> PathBuf {
-        self.files.staging()
+    /// The folder to write a new checkpoint into before [`TrialContext::report_checkpoint`],
+    /// created when it is first asked for.
+    pub fn checkpoint_dir(&self) -> std::io::Result<PathBuf> {
+        let staging = self.files.staging();
+        std::fs::create_dir_all(&staging)?;
+        Ok(staging)
     }
 
     /// Reports metrics at `step` and returns the scheduler's decision. After a decision other
@@ -769,7 +772,8 @@ pub enum LaunchError {
 }
 
 /// The first steps of every in-process launch (Rust closures here, Python callables in
-/// tune-py): the trial's folders are made, and the checkpoint it restores from, if any, is made
+/// tune-py): what an earlier launch left in the staging folder is cleared (the folders
+/// themselves are made when a checkpoint is first written), and the checkpoint it restores from, if any, is made
 /// available on this machine (downloaded from object storage when it lives there). Returns the
 /// restored step and folder.
 pub async fn prepare_in_process(
@@ -777,7 +781,7 @@ pub async fn prepare_in_process(
     files: &TrialFiles,
     note: &(dyn Fn(String) + Send + Sync),
 ) -> std::result::Result<Option<(u64, PathBuf)>, LaunchError> {
-    files.prepare().map_err(|source| LaunchError::Prepare {
+    files.clear_staging().map_err(|source| LaunchError::Prepare {
         dir: files.dir.clone(),
         source,
     })?;

@@ -6,6 +6,12 @@
 //! disagree with the log. Many events share one transaction (group commit); a report is
 //! answered only after its transaction committed.
 //!
+//! How far a commit goes before it returns is the sweep's [`Durability`]. A commit in WAL mode
+//! is atomic and, once `COMMIT` returns, in the operating system's hands: the process can die
+//! at any instant after that and the transaction is still there when the store is opened again.
+//! Only a machine that loses power (or a kernel that crashes) can lose the transactions the OS
+//! had not written out yet, which is what an fsync per commit ([`Flush::Disk`]) guards against.
+//!
 //! Schema changes are numbered migrations; a store written by a newer rung is refused, and a
 //! file that is not a rung store is refused before anything is written to it.
 
@@ -147,11 +153,64 @@ impl Batch {
     }
 }
 
+/// What a sweep's store survives: the `durability` setting of a spec.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Survives the rung process dying at any instant (`kill -9`, a panic, the OOM killer):
+    /// every report answered is in the store and the sweep resumes exactly. A commit is a WAL
+    /// write without an fsync, so a power loss can take the last commits back (never half of
+    /// one, never a checkpoint the store still points at).
+    #[default]
+    Process,
+    /// Also survives the machine losing power: an fsync before every answer.
+    Power,
+}
+
+impl Durability {
+    /// How far a routine commit goes at this level.
+    pub fn flush(self) -> Flush {
+        match self {
+            Durability::Process => Flush::Os,
+            Durability::Power => Flush::Disk,
+        }
+    }
+
+    /// The setting's name in a spec.
+    pub fn label(self) -> &'static str {
+        match self {
+            Durability::Process => "process",
+            Durability::Power => "power",
+        }
+    }
+}
+
+/// How far one commit goes before [`Store::commit`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Into the WAL, in the operating system's hands: survives the process, not a power loss.
+    Os,
+    /// Onto the disk (the WAL is fsynced, and with it every commit before this one).
+    Disk,
+}
+
+impl Flush {
+    /// SQLite's `synchronous` setting that makes a WAL commit go this far.
+    fn synchronous(self) -> &'static str {
+        match self {
+            Flush::Os => "NORMAL",
+            Flush::Disk => "FULL",
+        }
+    }
+}
+
 /// A rung store. See the module documentation.
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The connection's `synchronous` setting, switched only when a commit needs another.
+    flush: Flush,
 }
 
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
@@ -218,10 +277,14 @@ impl Store {
             });
         }
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // Writes outside a sweep's group commits (the schema, a new experiment) are not
+        // fsynced: at `durability = "power"` the first commit that answers a report fsyncs the
+        // WAL, and with it everything written before.
+        conn.pragma_update(None, "synchronous", Flush::Os.synchronous())?;
         let mut store = Store {
             conn,
             path: path.to_owned(),
+            flush: Flush::Os,
         };
         store.migrate(version)?;
         Ok(store)
@@ -319,10 +382,15 @@ impl Store {
         .collect()
     }
 
-    /// Writes a batch in one transaction (one fsync for all of it).
-    pub fn commit(&mut self, experiment: i64, batch: &Batch) -> Result<()> {
+    /// Writes a batch in one transaction, which has gone as far as `flush` says when this
+    /// returns (at most one fsync for all of it).
+    pub fn commit(&mut self, experiment: i64, batch: &Batch, flush: Flush) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
+        }
+        if self.flush != flush {
+            self.conn.pragma_update(None, "synchronous", flush.synchronous())?;
+            self.flush = flush;
         }
         let tx = self.conn.transaction()?;
         {
@@ -335,10 +403,6 @@ impl Store {
                     logged.at_ms as i64,
                     serde_json::to_string(&logged.event)?
                 ])?;
-            }
-            if let Some(last) = batch.events.last() {
-                tx.prepare_cached("UPDATE experiments SET elapsed_ms = max(elapsed_ms, ?2) WHERE id = ?1")?
-                    .execute(params![experiment, last.at_ms as i64])?;
             }
             // A trial's row is a snapshot: only its newest one in the batch needs writing.
             let mut newest_row = std::collections::HashMap::new();
@@ -460,8 +524,11 @@ impl Store {
     }
 }
 
-const EXPERIMENT_COLUMNS: &str =
-    "SELECT id, name, spec, seed, created_at, status, end_cause, elapsed_ms FROM experiments";
+/// An experiment's elapsed time is its last logged event's: writing it into the experiment's
+/// row as well would add a page to every group commit.
+const EXPERIMENT_COLUMNS: &str = "SELECT id, name, spec, seed, created_at, status, end_cause,
+    max(elapsed_ms, coalesce((SELECT max(at_ms) FROM events WHERE experiment_id = experiments.id), 0))
+    FROM experiments";
 
 fn experiment_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExperimentInfo> {
     Ok(ExperimentInfo {
@@ -646,7 +713,7 @@ mod tests {
                 },
             ],
         };
-        store.commit(experiment.id, &batch).unwrap();
+        store.commit(experiment.id, &batch, Flush::Os).unwrap();
         drop(store);
 
         let store = Store::open(&path).unwrap();
@@ -667,6 +734,38 @@ mod tests {
         assert_eq!(info.end_cause.as_deref(), Some("all_trials_done"));
         assert_eq!(info.elapsed_ms, 9);
         assert_eq!(store.experiment(None).unwrap().name, "demo-2");
+    }
+
+    #[test]
+    fn each_commit_goes_as_far_as_its_flush_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_or_create(&dir.path().join("s.db")).unwrap();
+        let experiment = store.create_experiment("x", "{}", 1).unwrap();
+        let synchronous = |store: &Store| -> i64 {
+            store
+                .conn
+                .query_row("PRAGMA synchronous", [], |row| row.get(0))
+                .unwrap()
+        };
+        let batch = |seq: u64| Batch {
+            events: vec![LoggedEvent {
+                seq,
+                at_ms: seq,
+                event: Event::Tick,
+            }],
+            records: Vec::new(),
+        };
+        assert_eq!(synchronous(&store), 1, "opened without an fsync per commit (NORMAL)");
+        store.commit(experiment.id, &batch(1), Flush::Disk).unwrap();
+        assert_eq!(synchronous(&store), 2, "an fsynced commit runs at FULL");
+        store.commit(experiment.id, &batch(2), Flush::Os).unwrap();
+        assert_eq!(synchronous(&store), 1);
+        assert_eq!(store.events(experiment.id).unwrap().len(), 2);
+        assert_eq!(
+            store.experiment(Some("x")).unwrap().elapsed_ms,
+            2,
+            "the last event's time"
+        );
     }
 
     #[test]
@@ -706,7 +805,7 @@ mod tests {
                 },
             ],
         };
-        store.commit(experiment.id, &batch).unwrap();
+        store.commit(experiment.id, &batch, Flush::Os).unwrap();
         assert_eq!(store.trials(experiment.id).unwrap()[0].config, config);
         let stored = &store.reports(experiment.id, None).unwrap()[0].1.metrics;
         for (name, value) in &metrics {

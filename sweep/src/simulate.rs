@@ -201,7 +201,7 @@ pub fn simulate(
             continue;
         }
         if batch.events.len() >= COMMIT_EVERY || summary.is_some() {
-            store.commit(experiment.id, &std::mem::take(&mut batch))?;
+            store.commit(experiment.id, &std::mem::take(&mut batch), spec.durability.flush())?;
         }
         if let Some(summary) = summary {
             let trials = store.trials(experiment.id)?;

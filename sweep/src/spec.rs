@@ -37,6 +37,7 @@ use tune_core::resources::{Bundle, Placement, ResourceRequest};
 use tune_core::space::Space;
 use tune_core::trial::Mode;
 use tune_runtime::runner::{placeholders, resolve_program};
+pub use tune_runtime::store::Durability;
 use tune_schedulers::SchedulerConfig;
 use tune_search::{SearcherConfig, SearcherSpec};
 
@@ -74,6 +75,10 @@ pub struct Spec {
     /// End the sweep once this many trials have errored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_failed_trials: Option<u64>,
+    /// What the store survives before a report is answered: `"process"` (rung dying at any
+    /// instant; the default) or `"power"` (also a power loss: an fsync per commit).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub durability: Durability,
     /// The search space.
     #[serde(default)]
     pub space: Space,
@@ -214,6 +219,9 @@ impl Default for TrialSpec {
     }
 }
 
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
 fn default_name() -> String {
     "experiment".into()
 }
@@ -237,6 +245,7 @@ impl Spec {
             time_budget_s: None,
             target: None,
             max_failed_trials: None,
+            durability: Durability::default(),
             space: Space::new(),
             searcher: SearcherSpec::default(),
             scheduler: SchedulerConfig::default(),
@@ -821,6 +830,25 @@ stop_grace_s = 10
                 .unwrap_err()
                 .to_string()
                 .starts_with("setting \"trial.command\": placeholder {learning_rate} names no parameter")
+        );
+    }
+
+    #[test]
+    fn durability_defaults_to_process_and_is_stored_only_when_set() {
+        let base = "metric = \"loss\"\nmode = \"min\"\n";
+        let spec = Spec::from_toml_str(base).unwrap();
+        assert_eq!(spec.durability, Durability::Process);
+        assert!(!serde_json::to_string(&spec).unwrap().contains("durability"));
+        let power = Spec::from_toml_str(&format!("{base}durability = \"power\"\n")).unwrap();
+        assert_eq!(power.durability, Durability::Power);
+        assert_eq!(
+            Spec::from_json_str(&serde_json::to_string(&power).unwrap()).unwrap(),
+            power
+        );
+        let error = Spec::from_toml_str(&format!("{base}durability = \"disk\"\n")).unwrap_err();
+        assert!(
+            error.contains("durability") && error.contains("expected `process` or `power`"),
+            "{error}"
         );
     }
 

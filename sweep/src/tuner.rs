@@ -50,7 +50,7 @@ use tune_search::{SearcherConfig, WarmTrial};
 
 use crate::error::{Error, Result};
 use crate::progress;
-use crate::spec::Spec;
+use crate::spec::{Durability, Spec};
 use tune_tracking::{Tracker, TrackerSettings};
 
 /// How a run ended.
@@ -182,6 +182,13 @@ impl TunerBuilder {
     /// End the sweep once this many trials errored.
     pub fn max_failed_trials(mut self, limit: u64) -> Self {
         self.spec.max_failed_trials = Some(limit);
+        self
+    }
+    /// What the store survives before a report is answered. Default
+    /// [`Durability::Process`]: a `kill -9` of rung at any instant loses no answered report;
+    /// [`Durability::Power`] also survives a power loss, at the cost of an fsync per commit.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.spec.durability = durability;
         self
     }
     /// Keep the N best checkpoints per trial (plus the most recent).
@@ -526,6 +533,7 @@ impl Tuner {
         };
         let setup = DriverSetup {
             store,
+            durability: spec.durability,
             experiment: experiment.clone(),
             controller,
             runner,

@@ -314,7 +314,7 @@ mod tests {
 
     use tune_core::controller::{EndCause, Record};
     use tune_core::trial::{EndReason, TrialStatus};
-    use tune_runtime::store::Batch;
+    use tune_runtime::store::{Batch, Flush};
 
     use super::*;
     use crate::test_support::{FakeMlflow, Sweep, assert_mirrored, report, row, run_trials};
@@ -398,6 +398,7 @@ mod tests {
                     events: Vec::new(),
                     records: vec![Record::Trial(row(3, TrialStatus::Running)), report(3, 1, 0.1)],
                 },
+                Flush::Os,
             )
             .unwrap();
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tune_core::controller::{EndCause, Record, TrialRow};
 use tune_core::trial::{EndReason, Metrics, Mode, Report, TrialId, TrialStatus};
 use tune_core::value::{Config, value_to_arg};
-use tune_runtime::store::{Batch, ExperimentInfo, LoggedEvent, Store};
+use tune_runtime::store::{Batch, ExperimentInfo, Flush, LoggedEvent, Store};
 
 use crate::http::{Api, CallError, Method};
 use crate::{SweepFacts, TrackerSettings, Tracking};
@@ -253,7 +253,7 @@ impl Sweep {
             }],
             records,
         };
-        self.store.commit(self.info.id, &batch).unwrap();
+        self.store.commit(self.info.id, &batch, Flush::Os).unwrap();
         hook(&batch.records);
     }
 }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import sys
 import threading
@@ -67,6 +66,9 @@ class Tuner:
             and credentials from the ``AWS_*`` variables) or ``"file:///shared/path"``;
             default: each trial's folder under ``storage_path``.
         stop_grace_s: how long a trial told to stop gets before it is abandoned (default 10).
+        durability: what the store survives before a report is answered: ``"process"``
+            (default; the Python process dying at any instant loses no answered report) or
+            ``"power"`` (also a power loss, at the cost of an fsync per commit).
         executor: ``"thread"`` (default; the GIL is released while the engine waits) or
             ``"process"``: each trial in a fresh worker process, for CPU-bound Python code.
             The trainable must then be importable (defined at module level), and a script
@@ -95,6 +97,7 @@ class Tuner:
         checkpoint_keep: Optional[int] = None,
         checkpoint_storage: Optional[str] = None,
         stop_grace_s: Optional[float] = None,
+        durability: str = "process",
         executor: str = "thread",
         verbose: int = 1,
     ) -> None:
@@ -114,6 +117,8 @@ class Tuner:
             raise ValueError('setting "metric": the Tuner needs the name of the metric to optimise, e.g. metric="loss"')
         if mode not in ("min", "max"):
             raise ValueError(f'setting "mode": must be "min" or "max", got {mode!r}')
+        if durability not in ("process", "power"):
+            raise ValueError(f'setting "durability": must be "process" or "power", got {durability!r}')
         spec: dict[str, Any] = {
             "name": name,
             "metric": metric,
@@ -123,6 +128,7 @@ class Tuner:
             "searcher": searcher.to_spec(),
             "scheduler": scheduler.to_spec(),
             "trial": {"max_failures": max_failures},
+            "durability": durability,
         }
         for key, value in (
             ("max_concurrent", max_concurrent_trials),
@@ -211,16 +217,17 @@ class Tuner:
         else:
             sweep = _rung.Sweep(self._store, experiment=self._experiment, max_concurrent=self._max_concurrent)
         display = _progress.make(self._verbose, self._metric, self._mode)
-        runner = self._executor(self._trainable, display)
+        runner = self._executor(self._trainable, display, sweep)
+        runner.start()
         try:
-            while not sweep.wait(0.0):
-                trial = sweep.next_trial(0.05)
-                if trial is not None:
-                    runner.start(trial)
+            while not sweep.wait(0.05):
                 display.update(sweep.progress())
         except KeyboardInterrupt:
+            runner.closing = True
             self._interrupt(sweep, display)
             raise
+        finally:
+            runner.done = True
         result = sweep.result()
         sweep.close()
         display.close(sweep.progress(), result)
@@ -233,10 +240,7 @@ class Tuner:
         display.message("interrupted: stopping the running trials (Ctrl-C again to quit at once)")
         sweep.interrupt()
         while not sweep.wait(0.05):
-            # Trials handed out after the interrupt never start; they stay resumable.
-            trial = sweep.next_trial(0.0)
-            if trial is not None:
-                trial.finish(None)
+            pass
         try:
             result = sweep.result()
             experiment, store = result["experiment"], result["store"]
@@ -271,7 +275,7 @@ def _default_scheduler() -> Scheduler:
     return FIFO()
 
 
-def _executor(kind: str) -> Callable[[Callable[[dict], Any], Any], Any]:
+def _executor(kind: str) -> Callable[..., Any]:
     if kind == "thread":
         return _ThreadExecutor
     if kind == "process":
@@ -286,15 +290,54 @@ def _finish(trial: Any, display: Any, error: Optional[str]) -> None:
 
 
 class _ThreadExecutor:
-    """Each trial in a daemon thread of this process."""
+    """Each trial in a daemon thread of this process, taken from a pool of workers that fetch
+    launches from the engine themselves.
 
-    def __init__(self, trainable: Callable[[dict], Any], display: Any) -> None:
+    A thread per trial, fed by the main thread, cost two thread starts and hand-offs per trial:
+    most of the engine's time on a sweep of short trials. Workers are reused, and the pool
+    grows so that one worker always waits for the next launch: the engine never waits for a
+    thread, and a trial that ignores its stop keeps its worker without holding up the sweep.
+    """
+
+    def __init__(self, trainable: Callable[[dict], Any], display: Any, sweep: Any) -> None:
         self.trainable = trainable
         self.display = display
+        self.sweep = sweep
+        self.lock = threading.Lock()
+        self.workers = 0
+        self.busy = 0
+        # Set by fit(): ``closing`` after Ctrl-C (launches handed out then never start; they
+        # stay resumable), ``done`` once the sweep ended (the workers leave).
+        self.closing = False
+        self.done = False
 
-    def start(self, trial: Any) -> None:
-        thread = threading.Thread(target=self._run, args=(trial,), name=f"rung-trial-{trial.id}", daemon=True)
-        thread.start()
+    def start(self) -> None:
+        self._add_worker()
+
+    def _add_worker(self) -> None:
+        with self.lock:
+            self.workers += 1
+            number = self.workers
+        threading.Thread(target=self._work, name=f"rung-worker-{number}", daemon=True).start()
+
+    def _work(self) -> None:
+        while not self.done:
+            trial = self.sweep.next_trial(0.05)
+            if trial is None:
+                continue
+            if self.closing:
+                trial.finish(None)
+                continue
+            with self.lock:
+                self.busy += 1
+                grow = self.busy == self.workers
+            if grow:
+                self._add_worker()
+            try:
+                self._run(trial)
+            finally:
+                with self.lock:
+                    self.busy -= 1
 
     def _run(self, trial: Any) -> None:
         session = _session._ThreadSession(trial)
@@ -317,8 +360,10 @@ class _ProcessExecutor(_ThreadExecutor):
     """Each trial in a fresh worker process (spawned: the engine's threads make fork unsafe);
     its thread here relays its reports and decisions, and kills it when the sweep stops it."""
 
-    def __init__(self, trainable: Callable[[dict], Any], display: Any) -> None:
-        super().__init__(trainable, display)
+    def __init__(self, trainable: Callable[[dict], Any], display: Any, sweep: Any) -> None:
+        super().__init__(trainable, display, sweep)
+        import multiprocessing  # here, not at the top: most sweeps never need it, and it is slow to import
+
         self.context = multiprocessing.get_context("spawn")
 
     def _run(self, trial: Any) -> None:
