@@ -447,3 +447,95 @@ async fn points_run_first_and_a_warm_start_never_reruns_an_earlier_experiment() 
         "{error}"
     );
 }
+
+/// Runs every launch on an OS thread of its own that reports with `report_blocking` and ends
+/// with `exited_blocking`, as Python trials do: the thread drives the controller itself.
+struct ThreadRunner {
+    steps: u64,
+}
+
+impl rung::tune_runtime::driver::Runner for ThreadRunner {
+    fn launch(&self, launch: rung::tune_core::controller::Launch, link: rung::tune_runtime::driver::TrialLink) {
+        let steps = self.steps;
+        std::thread::spawn(move || {
+            let curve = LearningCurve::from_config(&launch.config).unwrap();
+            for step in 1..=steps {
+                let report = rung::tune_core::trial::Report {
+                    step,
+                    metrics: [("loss".to_owned(), curve.loss(step))].into_iter().collect(),
+                };
+                if link.report_blocking(report, None) != Decision::Continue {
+                    break;
+                }
+            }
+            link.exited_blocking(rung::tune_core::controller::Outcome::Success);
+        });
+    }
+}
+
+/// The stored reports of a finished sweep, by trial and step.
+fn stored_reports(store: &std::path::Path) -> Vec<(rung::TrialId, u64, f64)> {
+    let store = rung::tune_runtime::store::Store::open(store).unwrap();
+    let info = store.experiment(None).unwrap();
+    store
+        .reports(info.id, None)
+        .unwrap()
+        .into_iter()
+        .map(|(trial, report)| (trial, report.step, report.metrics["loss"]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trial_threads_that_drive_the_controller_run_the_same_sweep_as_async_trials() {
+    let asha: rung::SchedulerConfig =
+        serde_json::from_str(r#"{"kind": "asha", "max_t": 27, "grace_period": 1, "reduction_factor": 3}"#).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = |name: &str, concurrency: usize| {
+        builder(&dir.path().join(format!("{name}.db")))
+            .num_samples(40)
+            .max_concurrent(concurrency)
+            .scheduler(asha.clone())
+            .build()
+            .unwrap()
+    };
+    // One trial at a time, a sweep is deterministic: the blocking path must decide exactly as
+    // the async one does, and store every report it answered.
+    let reference = sweep("async", 1)
+        .run(|mut trial| async move {
+            let curve = LearningCurve::from_config(trial.config()).unwrap();
+            for step in 1..=27 {
+                if trial.report(step, [("loss", curve.loss(step))]).await != Decision::Continue {
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .unwrap();
+    let threaded = sweep("threads", 1)
+        .run_with_runner(|_, _, _| Ok(Arc::new(ThreadRunner { steps: 27 })))
+        .await
+        .unwrap();
+    assert_eq!(threaded.status, reference.status);
+    let expected = stored_reports(&dir.path().join("async.db"));
+    assert!(expected.len() > 40, "ASHA let some trials past the first rung");
+    assert_eq!(stored_reports(&dir.path().join("threads.db")), expected);
+
+    // Eight at once: threads drive in turn with the driver thread, and every trial ends.
+    let busy = sweep("busy", 8)
+        .run_with_runner(|_, _, _| Ok(Arc::new(ThreadRunner { steps: 27 })))
+        .await
+        .unwrap();
+    assert_eq!(busy.count("completed") + busy.count("stopped"), 40, "{:?}", busy.trials);
+    let reports = stored_reports(&dir.path().join("busy.db"));
+    for trial in &busy.trials {
+        let steps: Vec<u64> = reports.iter().filter(|r| r.0 == trial.id).map(|r| r.1).collect();
+        let last = trial.last.as_ref().unwrap().step;
+        assert_eq!(
+            steps,
+            (1..=last).collect::<Vec<_>>(),
+            "{} stored every report it was answered",
+            trial.id
+        );
+    }
+}

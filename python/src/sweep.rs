@@ -16,7 +16,7 @@ use tune_core::trial::{Decision, Report, TrialId};
 use tune_core::value::Config;
 use tune_runtime::driver::{DriverHandle, Runner, TrialLink};
 use tune_runtime::files::TrialFiles;
-use tune_runtime::runner::prepare_in_process;
+use tune_runtime::runner::{LaunchError, prepare_in_process};
 use tune_runtime::storage::CheckpointStorage;
 use tune_sweep::{Spec, SweepResult, Tuner};
 
@@ -51,7 +51,11 @@ struct TrialShared {
     link: TrialLink,
     /// Set when the trial must end: a decision other than CONTINUE, or a stop from the sweep.
     stop: AtomicBool,
-    done: Mutex<Option<tokio::sync::oneshot::Sender<Outcome>>>,
+    /// Set by whoever tells the driver the launch ended: `finish`, or the task that waits for
+    /// it when Python overruns its stop grace or drops the trial. Exactly one of them does.
+    exited: AtomicBool,
+    /// Wakes the task that waits for the end (`finish` was called).
+    done: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     runtime: tokio::runtime::Handle,
     storage: CheckpointStorage,
     experiment: String,
@@ -67,60 +71,103 @@ struct PythonRunner {
 }
 
 impl Runner for PythonRunner {
-    fn launch(&self, launch: Launch, mut link: TrialLink) {
+    fn launch(&self, launch: Launch, link: TrialLink) {
         let files = TrialFiles::new(&self.trials_root, launch.trial);
-        let grace = self.stop_grace;
-        let queue = lock(&self.queue).clone();
-        let runtime = tokio::runtime::Handle::current();
-        let (storage, experiment) = (self.storage.clone(), self.experiment.clone());
-        tokio::spawn(async move {
-            let trial = launch.trial;
-            let note = move |line: String| eprintln!("rung: trial {trial}: {line}");
-            let restore = match prepare_in_process(&launch, &files, &note).await {
-                Ok(restore) => restore,
-                Err(error) => return link.fail(error),
-            };
-            let (done, mut finished) = tokio::sync::oneshot::channel();
-            let shared = Arc::new(TrialShared {
-                id: launch.trial,
-                config: launch.config,
-                restore,
-                attempt: launch.attempt,
-                files,
-                link: link.reporter(),
-                stop: AtomicBool::new(false),
-                done: Mutex::new(Some(done)),
-                runtime,
-                storage,
-                experiment,
-            });
-            if queue
-                .send(Trial {
-                    shared: Arc::clone(&shared),
-                })
-                .is_err()
-            {
-                link.exited(Outcome::Failed {
-                    reason: "the Python side of the sweep is gone".into(),
-                });
-                return;
+        let trial = Pending {
+            queue: lock(&self.queue).clone(),
+            grace: self.stop_grace,
+            runtime: tokio::runtime::Handle::current(),
+            storage: self.storage.clone(),
+            experiment: self.experiment.clone(),
+        };
+        if launch.restore.is_none() {
+            // Nothing to fetch: the trial goes to Python now, from this thread, rather than
+            // after a hop through the runtime (on a sweep of short trials, each hop is a
+            // context switch on the path from one trial to the next).
+            match files.clear_staging() {
+                Ok(()) => trial.start(launch, files, None, link),
+                Err(source) => link.fail(LaunchError::Prepare {
+                    dir: files.dir.clone(),
+                    source,
+                }),
             }
-            let dropped = || Outcome::Failed {
-                reason: "the trial was dropped by Python without an outcome".into(),
-            };
-            let outcome = tokio::select! {
-                outcome = &mut finished => outcome.unwrap_or_else(|_| dropped()),
+            return;
+        }
+        tokio::spawn(async move {
+            let id = launch.trial;
+            let note = move |line: String| eprintln!("rung: trial {id}: {line}");
+            match prepare_in_process(&launch, &files, &note).await {
+                Ok(restore) => trial.start(launch, files, restore, link),
+                Err(error) => link.fail(error),
+            }
+        });
+    }
+}
+
+/// A launch on its way to Python.
+struct Pending {
+    queue: Sender<Trial>,
+    grace: Duration,
+    runtime: tokio::runtime::Handle,
+    storage: CheckpointStorage,
+    experiment: String,
+}
+
+impl Pending {
+    /// Hands the trial to Python and waits, on the runtime, for its end or its stop.
+    fn start(self, launch: Launch, files: TrialFiles, restore: Option<(u64, PathBuf)>, mut link: TrialLink) {
+        let (done, mut finished) = tokio::sync::oneshot::channel();
+        let shared = Arc::new(TrialShared {
+            id: launch.trial,
+            config: launch.config,
+            restore,
+            attempt: launch.attempt,
+            files,
+            link: link.reporter(),
+            stop: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
+            done: Mutex::new(Some(done)),
+            runtime: self.runtime,
+            storage: self.storage,
+            experiment: self.experiment,
+        });
+        if self
+            .queue
+            .send(Trial {
+                shared: Arc::clone(&shared),
+            })
+            .is_err()
+        {
+            link.exited(Outcome::Failed {
+                reason: "the Python side of the sweep is gone".into(),
+            });
+            return;
+        }
+        let grace = self.grace;
+        tokio::spawn(async move {
+            // `finish` tells the driver itself; this task speaks only when Python does not.
+            let unfinished = tokio::select! {
+                ended = &mut finished => ended.is_err().then(|| Outcome::Failed {
+                    reason: "the trial was dropped by Python without an outcome".into(),
+                }),
                 () = link.stop_requested() => {
                     // A Python thread cannot be killed: its next report raises, and after the
                     // grace period the trial counts as ended whatever the thread still does.
                     shared.stop.store(true, Ordering::SeqCst);
                     match tokio::time::timeout(grace, &mut finished).await {
-                        Ok(outcome) => outcome.unwrap_or_else(|_| dropped()),
-                        Err(_) => Outcome::Success,
+                        Ok(Ok(())) => None,
+                        Ok(Err(_)) => Some(Outcome::Failed {
+                            reason: "the trial was dropped by Python without an outcome".into(),
+                        }),
+                        Err(_) => Some(Outcome::Success),
                     }
                 }
             };
-            link.exited(outcome);
+            if let Some(outcome) = unfinished
+                && !shared.exited.swap(true, Ordering::SeqCst)
+            {
+                link.exited(outcome);
+            }
         });
     }
 }
@@ -212,9 +259,8 @@ impl Trial {
             } else {
                 None
             };
-            let decision = shared
-                .runtime
-                .block_on(shared.link.report(Report { step, metrics }, checkpoint));
+            // This thread drives the controller itself when no other thread does: no hand-off.
+            let decision = shared.link.report_blocking(Report { step, metrics }, checkpoint);
             if decision != Decision::Continue {
                 shared.stop.store(true, Ordering::SeqCst);
             }
@@ -230,14 +276,20 @@ impl Trial {
     /// Ends this launch: `error` (a message, e.g. a traceback) when it failed, None when it
     /// returned. A second call does nothing.
     #[pyo3(signature = (error = None))]
-    fn finish(&self, error: Option<String>) {
+    fn finish(&self, py: Python<'_>, error: Option<String>) {
         if let Some(done) = lock(&self.shared.done).take() {
-            let outcome = match error {
-                None => Outcome::Success,
-                Some(reason) => Outcome::Failed { reason },
-            };
-            let _ = done.send(outcome);
+            let _ = done.send(());
         }
+        if self.shared.exited.swap(true, Ordering::SeqCst) {
+            return; // a second call, or the trial already counted as ended after its stop grace
+        }
+        let outcome = match error {
+            None => Outcome::Success,
+            Some(reason) => Outcome::Failed { reason },
+        };
+        // On this thread, like a report: the next trial is launched before this returns.
+        let shared = Arc::clone(&self.shared);
+        py.detach(move || shared.link.exited_blocking(outcome));
     }
 
     fn __repr__(&self) -> String {

@@ -1,19 +1,31 @@
-//! The driver: the one thread that owns the controller and the store.
+//! The driver: the controller and the store, and the one place events are handled.
 //!
-//! Runners send [`Inbound`] messages over a channel. The driver takes everything that is
-//! waiting (up to [`MAX_BATCH`] messages), hands each event to the controller, writes the
-//! events and the records they caused in one transaction (group commit), and only then answers
-//! the reports and carries out launches, stops and checkpoint deletions. Nothing else touches
-//! the controller, so it needs no lock; the store's blocking writes run on this dedicated
-//! thread, never on the async runtime.
+//! Runners post [`Inbound`] messages to the driver's mailbox. Whoever drives takes everything
+//! that is waiting (up to [`MAX_BATCH`] messages), hands each event to the controller, writes
+//! the events and the records they caused in one transaction (group commit), and only then
+//! answers the reports and carries out launches, stops and checkpoint deletions. The
+//! controller and the store sit behind one lock, and the mailbox is emptied only under it, so
+//! events are handled one batch at a time, in the order they were posted.
+//!
+//! Two kinds of threads drive:
+//! - the driver thread ([`Driver::run`]), woken by messages posted from the async runtime (a
+//!   trial process's reports, exits, the server) and by a tick when nothing happens;
+//! - a trial thread reporting through [`TrialLink::report_blocking`] (Python trials, which
+//!   run on threads of their own). It posts its report and takes the lock itself: when the
+//!   lock is free it handles the batch on its own thread, and when another thread holds it,
+//!   that thread handles this report in its batch. Either way the answer comes without a hand-off
+//!   to another thread and back (two context switches per report, most of the engine's cost
+//!   for a trial that reports often), and reports that arrive together still share a commit.
+//!
+//! The store's blocking writes never run on the async runtime's threads.
 //!
 //! On resume the driver first replays the experiment's logged events through the fresh
 //! controller (discarding its commands, checking that every trial it recreates has the config
 //! the store holds), then handles [`Event::Resume`].
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
@@ -26,6 +38,9 @@ use tune_core::trial::{Decision, Report, TrialId};
 /// The most messages one group commit takes.
 pub const MAX_BATCH: usize = 4096;
 
+/// How long the driver thread waits for a message before it hands the controller a tick.
+const TICK: Duration = Duration::from_millis(200);
+
 /// A message to the driver.
 #[derive(Debug)]
 pub enum Inbound {
@@ -36,28 +51,230 @@ pub enum Inbound {
     Interrupt,
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What the driver's senders share: the mailbox, and the controller with its store once the
+/// sweep runs.
+struct Shared {
+    mailbox: Mutex<Mailbox>,
+    /// Signalled when the driver thread has work: a message posted while nobody drives, a
+    /// driving trial thread leaving messages behind, or the sweep ending.
+    posted: Condvar,
+    /// `None` before the sweep starts and after it ended.
+    core: Mutex<Option<Core>>,
+    /// Launches running, as of the last batch.
+    live: AtomicUsize,
+}
+
+/// Messages waiting to be handled, and who handles them.
+#[derive(Default)]
+struct Mailbox {
+    queue: VecDeque<Inbound>,
+    /// Some thread holds the right to drive: it handles every message in the queue before it
+    /// gives the right up (or wakes the driver thread to take over), so a message posted while
+    /// this is set is never left behind.
+    driving: bool,
+    /// The sweep ended: the driver thread winds it down, nobody else handles messages.
+    ended: bool,
+    /// Messages are dropped unread (their reports answer STOP): the sweep is over.
+    closed: bool,
+}
+
+/// What the driver thread is woken for.
+enum Wake {
+    /// Messages to handle, or a tick when nothing happened for a while.
+    Drive { tick: bool },
+    /// The sweep ended.
+    Ended,
+}
+
+impl Shared {
+    fn new() -> Arc<Self> {
+        Arc::new(Shared {
+            mailbox: Mutex::new(Mailbox::default()),
+            posted: Condvar::new(),
+            core: Mutex::new(None),
+            live: AtomicUsize::new(0),
+        })
+    }
+
+    /// Posts a message, waking the driver thread when no thread drives.
+    fn post(&self, message: Inbound) {
+        let mut mailbox = lock(&self.mailbox);
+        if mailbox.closed {
+            return;
+        }
+        mailbox.queue.push_back(message);
+        if !mailbox.driving {
+            self.posted.notify_one();
+        }
+    }
+
+    /// Posts a message and takes the right to drive when nobody holds it: `Some(true)` when
+    /// this thread must now drive, `Some(false)` when the thread driving handles the message,
+    /// `None` when the mailbox is closed.
+    fn post_and_claim(&self, message: Inbound) -> Option<bool> {
+        let mut mailbox = lock(&self.mailbox);
+        if mailbox.closed {
+            return None;
+        }
+        mailbox.queue.push_back(message);
+        if mailbox.driving {
+            return Some(false);
+        }
+        if mailbox.queue.len() > 1 || self.live.load(Ordering::Relaxed) > 1 {
+            // Other trials report too: the driver thread takes their reports together, in one
+            // commit, while this thread waits. Driving here would commit this report alone.
+            self.posted.notify_one();
+            return Some(false);
+        }
+        mailbox.driving = true;
+        Some(true)
+    }
+
+    /// The next batch for the thread driving: `first`, then the messages waiting (at most
+    /// [`MAX_BATCH`] in all). `None` when there is nothing to do or `leave` says this thread has
+    /// what it came for: the right to drive is then given up, and the driver thread woken for
+    /// whatever is left.
+    fn next_batch(&self, mut first: Vec<Inbound>, leave: bool) -> Option<Vec<Inbound>> {
+        let mut mailbox = lock(&self.mailbox);
+        if first.is_empty() && (mailbox.queue.is_empty() || leave) {
+            mailbox.driving = false;
+            if !mailbox.queue.is_empty() {
+                self.posted.notify_one();
+            }
+            return None;
+        }
+        let room = MAX_BATCH.saturating_sub(first.len()).min(mailbox.queue.len());
+        first.extend(mailbox.queue.drain(..room));
+        Some(first)
+    }
+
+    /// Marks the sweep ended and wakes the driver thread to wind it down.
+    fn end(&self) {
+        let mut mailbox = lock(&self.mailbox);
+        mailbox.driving = false;
+        mailbox.ended = true;
+        self.posted.notify_one();
+    }
+
+    /// Waits, on the driver thread, until it has something to do, and takes the right to drive.
+    fn wait_for_work(&self) -> Wake {
+        let mut deadline = Instant::now() + TICK;
+        let mut mailbox = lock(&self.mailbox);
+        loop {
+            if mailbox.ended {
+                return Wake::Ended;
+            }
+            if !mailbox.driving && !mailbox.queue.is_empty() {
+                mailbox.driving = true;
+                return Wake::Drive { tick: false };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                if mailbox.driving {
+                    // A trial thread drives, so the sweep is not idle: no tick needed.
+                    deadline = Instant::now() + TICK;
+                    continue;
+                }
+                mailbox.driving = true;
+                return Wake::Drive { tick: true };
+            }
+            mailbox = self
+                .posted
+                .wait_timeout(mailbox, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+
+    /// Every message waiting, whoever drives (for the wind-down after an interrupt).
+    fn take_all(&self) -> Vec<Inbound> {
+        lock(&self.mailbox).queue.drain(..).collect()
+    }
+
+    /// Waits until a message is waiting or `timeout` passed (for the wind-down).
+    fn wait_for_message(&self, timeout: Duration) {
+        let mailbox = lock(&self.mailbox);
+        if mailbox.queue.is_empty() {
+            let _ = self.posted.wait_timeout(mailbox, timeout);
+        }
+    }
+
+    /// Closes the mailbox and drops what it holds: every report still waiting answers STOP.
+    fn close(&self) {
+        let dropped: Vec<Inbound> = {
+            let mut mailbox = lock(&self.mailbox);
+            mailbox.closed = true;
+            mailbox.ended = true;
+            mailbox.queue.drain(..).collect()
+        };
+        drop(dropped);
+    }
+}
+
+/// Handles batches until the mailbox is empty or `leave()` says the calling thread has what it
+/// came for, then gives up the right to drive (which the caller holds). A batch that ends the
+/// sweep hands it to the driver thread to wind down.
+fn drive(shared: &Arc<Shared>, core: &mut Option<Core>, mut first: Vec<Inbound>, mut leave: impl FnMut() -> bool) {
+    /// Ends the sweep if handling a batch panics (on a trial thread, the panic is the trial's;
+    /// the sweep must not wait for a driver that is gone).
+    struct EndOnPanic<'a>(&'a Shared);
+    impl Drop for EndOnPanic<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.end();
+            }
+        }
+    }
+    let _guard = EndOnPanic(shared);
+    loop {
+        let Some(running) = core.as_mut().filter(|core| core.end.is_none()) else {
+            shared.end();
+            return;
+        };
+        let Some(waiting) = shared.next_batch(std::mem::take(&mut first), leave()) else {
+            return;
+        };
+        running.step(shared, waiting);
+    }
+}
+
 /// Sends messages to the driver. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct DriverHandle(Sender<Inbound>);
+#[derive(Clone)]
+pub struct DriverHandle(Arc<Shared>);
+
+impl std::fmt::Debug for DriverHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DriverHandle")
+    }
+}
 
 impl DriverHandle {
     /// Asks the driver to stop the sweep for now (see [`Inbound::Interrupt`]).
     pub fn interrupt(&self) {
-        let _ = self.0.send(Inbound::Interrupt);
+        self.0.post(Inbound::Interrupt);
     }
 
     /// Ends the sweep for good: running trials end as `sweep_ended`.
     pub fn stop_sweep(&self) {
-        let _ = self.0.send(Inbound::Event(Event::StopSweep, None));
+        self.0.post(Inbound::Event(Event::StopSweep, None));
     }
 }
 
 /// A runner's line to the driver for one launch of one trial.
-#[derive(Debug)]
 pub struct TrialLink {
     trial: TrialId,
-    driver: Sender<Inbound>,
+    shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for TrialLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrialLink").field("trial", &self.trial).finish()
+    }
 }
 
 impl TrialLink {
@@ -80,18 +297,47 @@ impl TrialLink {
         checkpoint: Option<String>,
     ) -> impl Future<Output = Decision> + Send + 'static {
         let (reply, answer) = oneshot::channel();
+        self.shared.post(self.reported(report, checkpoint, reply));
+        async move { answer.await.unwrap_or(Decision::Stop) }
+    }
+
+    /// Reports a result from a thread that may block (never a thread of the async runtime),
+    /// driving the controller on this thread when no other thread is (see the module
+    /// documentation). Returns the decision once the report is committed; [`Decision::Stop`]
+    /// when the sweep is gone.
+    pub fn report_blocking(&self, report: Report, checkpoint: Option<String>) -> Decision {
+        let (reply, mut answer) = oneshot::channel();
+        match self.shared.post_and_claim(self.reported(report, checkpoint, reply)) {
+            None => return Decision::Stop,
+            Some(false) => {} // the thread driving answers it
+            Some(true) => {
+                let mut decision = None;
+                let mut core = lock(&self.shared.core);
+                drive(&self.shared, &mut core, Vec::new(), || {
+                    if decision.is_none() {
+                        decision = match answer.try_recv() {
+                            Ok(decision) => Some(decision),
+                            Err(oneshot::error::TryRecvError::Closed) => Some(Decision::Stop),
+                            Err(oneshot::error::TryRecvError::Empty) => None,
+                        };
+                    }
+                    decision.is_some()
+                });
+                if let Some(decision) = decision {
+                    return decision;
+                }
+            }
+        }
+        answer.blocking_recv().unwrap_or(Decision::Stop)
+    }
+
+    fn reported(&self, report: Report, checkpoint: Option<String>, reply: oneshot::Sender<Decision>) -> Inbound {
         let event = Event::Reported {
             trial: self.trial,
             report,
             checkpoint,
         };
-        let sent = self.driver.send(Inbound::Event(event, Some(reply))).is_ok();
-        async move {
-            if !sent {
-                return Decision::Stop;
-            }
-            answer.await.unwrap_or(Decision::Stop)
-        }
+        Inbound::Event(event, Some(reply))
     }
 
     /// Resolves when the driver asks this trial to stop (or the driver is gone).
@@ -107,7 +353,7 @@ impl TrialLink {
     pub fn reporter(&self) -> TrialLink {
         TrialLink {
             trial: self.trial,
-            driver: self.driver.clone(),
+            shared: Arc::clone(&self.shared),
             stop: self.stop.clone(),
         }
     }
@@ -119,9 +365,30 @@ impl TrialLink {
         });
     }
 
+    /// Tells the driver the trial's run ended, from a thread that may block, driving on this
+    /// thread as [`TrialLink::report_blocking`] does: the next trial is launched before this
+    /// returns. Call exactly once per launch (this or [`TrialLink::exited`]).
+    pub fn exited_blocking(&self, outcome: Outcome) {
+        let message = Inbound::Event(
+            Event::Exited {
+                trial: self.trial,
+                outcome,
+            },
+            None,
+        );
+        if self.shared.post_and_claim(message) == Some(true) {
+            // One batch: the one with this exit in it.
+            let mut batches = 0;
+            drive(&self.shared, &mut lock(&self.shared.core), Vec::new(), || {
+                batches += 1;
+                batches > 1
+            });
+        }
+    }
+
     /// Tells the driver the trial's run ended. Call exactly once per launch.
     pub fn exited(self, outcome: Outcome) {
-        let _ = self.driver.send(Inbound::Event(
+        self.shared.post(Inbound::Event(
             Event::Exited {
                 trial: self.trial,
                 outcome,
@@ -161,25 +428,188 @@ pub struct DriverSetup {
     pub runner: Arc<dyn Runner>,
     /// The runtime the runner spawns onto.
     pub runtime: tokio::runtime::Handle,
-    /// Called after every group commit with the current progress.
+    /// Called after every group commit with the current progress, on whichever thread drove
+    /// it: it must return at once.
     pub observer: Box<dyn FnMut(&Progress) + Send>,
     /// Change the number of concurrent trials from now on (logged, so replay stays exact).
     pub max_concurrent: Option<usize>,
     /// How long interrupted trials get to exit before the driver returns anyway.
     pub interrupt_grace: Duration,
     /// Called after every group commit with the records it committed (experiment tracking
-    /// mirrors them elsewhere). It runs on the driver's thread between the commit and the
-    /// answers, so it must return at once: queue the records, never wait on I/O.
+    /// mirrors them elsewhere). It runs between the commit and the answers, on whichever
+    /// thread drove it, so it must return at once: queue the records, never wait on I/O.
     pub on_commit: Option<CommitHook>,
 }
 
 /// What [`DriverSetup::on_commit`] calls with the records of each group commit.
 pub type CommitHook = Box<dyn FnMut(&[Record]) + Send>;
 
+/// Why handling stopped.
+enum End {
+    Finished(Summary),
+    Interrupted,
+    Failed(Error),
+}
+
+/// The controller, the store and what the driver keeps between batches.
+struct Core {
+    store: Store,
+    durability: Durability,
+    experiment: ExperimentInfo,
+    controller: Controller,
+    runner: Arc<dyn Runner>,
+    runtime: tokio::runtime::Handle,
+    observer: Box<dyn FnMut(&Progress) + Send>,
+    on_commit: Option<CommitHook>,
+    /// Sweep time at the start of this session, and when the session started.
+    offset: Duration,
+    session_start: Instant,
+    /// The last logged event's position.
+    seq: u64,
+    /// How to stop each live launch.
+    stops: HashMap<TrialId, watch::Sender<bool>>,
+    warned_no_checkpoint: bool,
+    /// Deletions from an object store still running; the sweep waits for them before it ends.
+    deletions: Vec<tokio::task::JoinHandle<()>>,
+    /// Set by the batch that ended the sweep (or failed to commit).
+    end: Option<End>,
+}
+
+impl Core {
+    /// Handles one batch; a failure to commit ends the sweep with that error.
+    fn step(&mut self, shared: &Arc<Shared>, waiting: Vec<Inbound>) {
+        if let Err(error) = self.handle(shared, waiting) {
+            self.end = Some(End::Failed(error));
+        }
+    }
+
+    /// Hands the batch's events to the controller, commits what they caused, then answers the
+    /// reports and carries out the commands.
+    fn handle(&mut self, shared: &Arc<Shared>, waiting: Vec<Inbound>) -> Result<()> {
+        let mut batch = Batch::default();
+        let mut replies = Vec::new();
+        let mut actions = Vec::new();
+        let mut interrupted = false;
+        for message in waiting {
+            let (event, mut reply) = match message {
+                Inbound::Interrupt => {
+                    interrupted = true;
+                    continue;
+                }
+                Inbound::Event(event, reply) => (event, reply),
+            };
+            if interrupted {
+                // Left unanswered: the trial is being stopped and will redo this step.
+                continue;
+            }
+            if let Event::Exited { trial, .. } = event {
+                self.stops.remove(&trial);
+            }
+            let at = self.offset + self.session_start.elapsed();
+            let commands = self.controller.handle(&event, at);
+            if !(event == Event::Tick && commands.is_empty()) {
+                self.seq += 1;
+                batch.events.push(LoggedEvent {
+                    seq: self.seq,
+                    at_ms: at.as_millis() as u64,
+                    event,
+                });
+            }
+            for command in commands {
+                match command {
+                    Command::Persist(record) => batch.records.push(record),
+                    Command::Respond { decision, .. } => {
+                        if let Some(reply) = reply.take() {
+                            replies.push((reply, decision));
+                        }
+                    }
+                    other => actions.push(other),
+                }
+            }
+        }
+        // A checkpoint the keep policy dropped is deleted only once the commit that stops
+        // referencing it is on the disk: after a power loss the store must not point at a
+        // checkpoint that is gone.
+        let deletes = actions.iter().any(|a| matches!(a, Command::DeleteCheckpoint { .. }));
+        let flush = if deletes { Flush::Disk } else { self.durability.flush() };
+        self.store.commit(self.experiment.id, &batch, flush)?;
+        if let Some(on_commit) = self.on_commit.as_mut()
+            && !batch.records.is_empty()
+        {
+            on_commit(&batch.records);
+        }
+        for (reply, decision) in replies {
+            let _ = reply.send(decision);
+        }
+        for action in actions {
+            self.act(shared, action);
+        }
+        if !self.warned_no_checkpoint && self.controller.paused_without_checkpoint() {
+            self.warned_no_checkpoint = true;
+            let message = "the scheduler pauses trials, but a trial asked to pause had no checkpoint: \
+                           it was stopped instead (a trial is paused and resumed only from a checkpoint: \"checkpoint\": true \
+                           on its report line, or rung.report(..., checkpoint=folder) in Python)";
+            eprintln!("warning: {message}");
+        }
+        (self.observer)(self.controller.progress());
+        shared.live.store(self.stops.len(), Ordering::Relaxed);
+        if interrupted && self.end.is_none() {
+            self.end = Some(End::Interrupted);
+        }
+        Ok(())
+    }
+
+    /// Carries out one command of the controller.
+    fn act(&mut self, shared: &Arc<Shared>, action: Command) {
+        match action {
+            Command::Launch(launch) => {
+                let (stop_sender, stop) = watch::channel(false);
+                self.stops.insert(launch.trial, stop_sender);
+                let link = TrialLink {
+                    trial: launch.trial,
+                    shared: Arc::clone(shared),
+                    stop,
+                };
+                let _entered = self.runtime.enter();
+                self.runner.launch(launch, link);
+            }
+            Command::Stop { trial } => {
+                if let Some(stop) = self.stops.get(&trial) {
+                    let _ = stop.send(true);
+                }
+            }
+            Command::DeleteCheckpoint { trial, path } => {
+                if !crate::storage::is_checkpoint_of(&path, &self.experiment.name, trial) {
+                    // Reports are checked where they come in; this is the last guard: nothing
+                    // that is not a checkpoint folder of this trial is deleted.
+                    tracing::warn!(%trial, %path, "not deleting a checkpoint outside the trial's checkpoint folders");
+                } else if crate::storage::is_remote(&path) {
+                    // Off this thread: an object store may be slow or down, the sweep is not.
+                    self.deletions.retain(|deletion| !deletion.is_finished());
+                    self.deletions.push(self.runtime.spawn(async move {
+                        if let Err(error) = crate::storage::delete(&path).await {
+                            tracing::warn!(%trial, %path, %error, "could not delete a checkpoint the keep policy dropped");
+                        }
+                    }));
+                } else if let Err(error) = std::fs::remove_dir_all(&path)
+                    && error.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(%trial, %path, %error, "could not delete a checkpoint the keep policy dropped");
+                }
+            }
+            Command::Finished(summary) => {
+                if !matches!(self.end, Some(End::Failed(_))) {
+                    self.end = Some(End::Finished(summary));
+                }
+            }
+            Command::Persist(_) | Command::Respond { .. } => unreachable!("handled before the commands"),
+        }
+    }
+}
+
 /// A driver that has not started yet: its handle can be given out before [`Driver::run`].
 pub struct Driver {
-    sender: Sender<Inbound>,
-    receiver: Receiver<Inbound>,
+    shared: Arc<Shared>,
 }
 
 impl Default for Driver {
@@ -189,213 +619,147 @@ impl Default for Driver {
 }
 
 impl Driver {
-    /// A new driver channel.
+    /// A new driver mailbox.
     pub fn new() -> Self {
-        let (sender, receiver) = channel();
-        Driver { sender, receiver }
+        Driver { shared: Shared::new() }
     }
 
     /// A handle to send it messages.
     pub fn handle(&self) -> DriverHandle {
-        DriverHandle(self.sender.clone())
+        DriverHandle(Arc::clone(&self.shared))
     }
 
     /// Runs the sweep to its end (or interruption). Blocks: run it on a dedicated thread.
     pub fn run(self, setup: DriverSetup) -> Result<SweepEnd> {
-        let Driver { sender, receiver } = self;
-        let DriverSetup {
-            mut store,
-            durability,
-            experiment,
-            mut controller,
-            runner,
-            runtime,
-            mut observer,
-            max_concurrent,
-            interrupt_grace,
-            mut on_commit,
-        } = setup;
+        let shared = self.shared;
+        let result = run_sweep(&shared, setup);
+        shared.close();
+        result
+    }
+}
 
-        let logged = store.events(experiment.id)?;
-        let resuming = !logged.is_empty();
-        let offset = Duration::from_millis(experiment.elapsed_ms.max(logged.last().map_or(0, |e| e.at_ms)));
-        let mut seq = logged.last().map_or(0, |e| e.seq);
-        if resuming {
-            replay(&store, &experiment, &mut controller, &logged)?;
-        }
-        drop(logged);
-        if controller.is_finished() {
-            observer(controller.progress());
-            return Err(Error::setting(
-                "experiment",
-                format!("\"{}\" has already finished; nothing to resume", experiment.name),
-            ));
-        }
+fn run_sweep(shared: &Arc<Shared>, setup: DriverSetup) -> Result<SweepEnd> {
+    let DriverSetup {
+        store,
+        durability,
+        experiment,
+        mut controller,
+        runner,
+        runtime,
+        mut observer,
+        max_concurrent,
+        interrupt_grace,
+        on_commit,
+    } = setup;
 
-        let session_start = Instant::now();
-        let now = || offset + session_start.elapsed();
-        let mut waiting: Vec<Inbound> = Vec::new();
-        if let Some(limit) = max_concurrent.filter(|&limit| limit != controller.config().max_concurrent) {
-            waiting.push(Inbound::Event(Event::SetMaxConcurrent { max_concurrent: limit }, None));
-        }
-        waiting.push(Inbound::Event(
-            if resuming { Event::Resume } else { Event::Start },
-            None,
+    let logged = store.events(experiment.id)?;
+    let resuming = !logged.is_empty();
+    let offset = Duration::from_millis(experiment.elapsed_ms.max(logged.last().map_or(0, |e| e.at_ms)));
+    let seq = logged.last().map_or(0, |e| e.seq);
+    if resuming {
+        replay(&store, &experiment, &mut controller, &logged)?;
+    }
+    drop(logged);
+    if controller.is_finished() {
+        observer(controller.progress());
+        return Err(Error::setting(
+            "experiment",
+            format!("\"{}\" has already finished; nothing to resume", experiment.name),
         ));
+    }
 
-        let tick = Duration::from_millis(200);
-        let mut stops: HashMap<TrialId, watch::Sender<bool>> = HashMap::new();
-        let mut warned_no_checkpoint = false;
-        // Deletions from an object store still running; the sweep waits for them before it ends.
-        let mut deletions: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-        loop {
-            if waiting.is_empty() {
-                match receiver.recv_timeout(tick) {
-                    Ok(message) => waiting.push(message),
-                    Err(RecvTimeoutError::Timeout) => waiting.push(Inbound::Event(Event::Tick, None)),
-                    Err(RecvTimeoutError::Disconnected) => unreachable!("the driver holds a sender"),
-                }
-            }
-            while waiting.len() < MAX_BATCH {
-                match receiver.try_recv() {
-                    Ok(message) => waiting.push(message),
-                    Err(_) => break,
-                }
-            }
+    let mut first = Vec::new();
+    if let Some(limit) = max_concurrent.filter(|&limit| limit != controller.config().max_concurrent) {
+        first.push(Inbound::Event(Event::SetMaxConcurrent { max_concurrent: limit }, None));
+    }
+    first.push(Inbound::Event(
+        if resuming { Event::Resume } else { Event::Start },
+        None,
+    ));
+    let mut core = lock(&shared.core);
+    *core = Some(Core {
+        store,
+        durability,
+        experiment,
+        controller,
+        runner,
+        runtime,
+        observer,
+        on_commit,
+        offset,
+        session_start: Instant::now(),
+        seq,
+        stops: HashMap::new(),
+        warned_no_checkpoint: false,
+        deletions: Vec::new(),
+        end: None,
+    });
+    // The first batch starts the sweep, before any message posted meanwhile.
+    lock(&shared.mailbox).driving = true;
+    drive(shared, &mut core, first, || false);
+    drop(core);
 
-            let mut batch = Batch::default();
-            let mut replies = Vec::new();
-            let mut actions = Vec::new();
-            let mut interrupted = false;
-            for message in waiting.drain(..) {
-                let (event, mut reply) = match message {
-                    Inbound::Interrupt => {
-                        interrupted = true;
-                        continue;
-                    }
-                    Inbound::Event(event, reply) => (event, reply),
-                };
-                if interrupted {
-                    // Left unanswered: the trial is being stopped and will redo this step.
-                    continue;
-                }
-                if let Event::Exited { trial, .. } = event {
-                    stops.remove(&trial);
-                }
-                let at = now();
-                let commands = controller.handle(&event, at);
-                if !(event == Event::Tick && commands.is_empty()) {
-                    seq += 1;
-                    batch.events.push(LoggedEvent {
-                        seq,
-                        at_ms: at.as_millis() as u64,
-                        event,
-                    });
-                }
-                for command in commands {
-                    match command {
-                        Command::Persist(record) => batch.records.push(record),
-                        Command::Respond { decision, .. } => {
-                            if let Some(reply) = reply.take() {
-                                replies.push((reply, decision));
-                            }
-                        }
-                        other => actions.push(other),
-                    }
-                }
-            }
-            // A checkpoint the keep policy dropped is deleted only once the commit that stops
-            // referencing it is on the disk: after a power loss the store must not point at a
-            // checkpoint that is gone.
-            let deletes = actions.iter().any(|a| matches!(a, Command::DeleteCheckpoint { .. }));
-            let flush = if deletes { Flush::Disk } else { durability.flush() };
-            store.commit(experiment.id, &batch, flush)?;
-            if let Some(on_commit) = on_commit.as_mut()
-                && !batch.records.is_empty()
-            {
-                on_commit(&batch.records);
-            }
-            for (reply, decision) in replies {
-                let _ = reply.send(decision);
-            }
-            let mut finished = None;
-            for action in actions {
-                match action {
-                    Command::Launch(launch) => {
-                        let (stop_sender, stop) = watch::channel(false);
-                        stops.insert(launch.trial, stop_sender);
-                        let link = TrialLink {
-                            trial: launch.trial,
-                            driver: sender.clone(),
-                            stop,
-                        };
-                        let _entered = runtime.enter();
-                        runner.launch(launch, link);
-                    }
-                    Command::Stop { trial } => {
-                        if let Some(stop) = stops.get(&trial) {
-                            let _ = stop.send(true);
-                        }
-                    }
-                    Command::DeleteCheckpoint { trial, path } => {
-                        if !crate::storage::is_checkpoint_of(&path, &experiment.name, trial) {
-                            // Reports are checked where they come in; this is the last guard:
-                            // nothing that is not a checkpoint folder of this trial is deleted.
-                            tracing::warn!(%trial, %path, "not deleting a checkpoint outside the trial's checkpoint folders");
-                        } else if crate::storage::is_remote(&path) {
-                            // Off this thread: an object store may be slow or down, the sweep is not.
-                            deletions.retain(|deletion| !deletion.is_finished());
-                            deletions.push(runtime.spawn(async move {
-                                if let Err(error) = crate::storage::delete(&path).await {
-                                    tracing::warn!(%trial, %path, %error, "could not delete a checkpoint the keep policy dropped");
-                                }
-                            }));
-                        } else if let Err(error) = std::fs::remove_dir_all(&path)
-                            && error.kind() != std::io::ErrorKind::NotFound
-                        {
-                            tracing::warn!(%trial, %path, %error, "could not delete a checkpoint the keep policy dropped");
-                        }
-                    }
-                    Command::Finished(summary) => finished = Some(summary),
-                    Command::Persist(_) | Command::Respond { .. } => unreachable!("handled above"),
-                }
-            }
-            if !warned_no_checkpoint && controller.paused_without_checkpoint() {
-                warned_no_checkpoint = true;
-                let message = "the scheduler pauses trials, but a trial asked to pause had no checkpoint: \
-                               it was stopped instead (a trial is paused and resumed only from a checkpoint: \"checkpoint\": true \
-                               on its report line, or rung.report(..., checkpoint=folder) in Python)";
-                eprintln!("warning: {message}");
-            }
-            observer(controller.progress());
-            if finished.is_some() || interrupted {
-                await_deletions(&runtime, std::mem::take(&mut deletions));
-            }
-            if let Some(summary) = finished {
-                return Ok(SweepEnd::Finished(summary));
-            }
-            if interrupted {
-                shut_down(&receiver, stops, interrupt_grace);
-                return Ok(SweepEnd::Interrupted(controller.progress().clone()));
-            }
+    loop {
+        if let Wake::Drive { tick } = shared.wait_for_work() {
+            let first = if tick {
+                vec![Inbound::Event(Event::Tick, None)]
+            } else {
+                Vec::new()
+            };
+            drive(shared, &mut lock(&shared.core), first, || false);
+            continue;
         }
+        let core = lock(&shared.core)
+            .take()
+            .expect("the core lives until the sweep is wound down");
+        return wind_down(shared, core, interrupt_grace);
+    }
+}
+
+/// Ends a sweep whose last batch was handled: waits for checkpoint deletions, and after an
+/// interrupt stops the live trials and waits (up to `grace`) for their runners to say they
+/// exited.
+fn wind_down(shared: &Arc<Shared>, core: Core, grace: Duration) -> Result<SweepEnd> {
+    let Core {
+        controller,
+        runtime,
+        stops,
+        deletions,
+        end,
+        ..
+    } = core;
+    let end = end.unwrap_or_else(|| End::Failed(Error::Internal("handling the sweep's events panicked".into())));
+    if let End::Failed(error) = end {
+        return Err(error);
+    }
+    await_deletions(&runtime, deletions);
+    match end {
+        End::Finished(summary) => Ok(SweepEnd::Finished(summary)),
+        End::Interrupted => {
+            shut_down(shared, stops, grace);
+            Ok(SweepEnd::Interrupted(controller.progress().clone()))
+        }
+        End::Failed(_) => unreachable!("returned above"),
     }
 }
 
 /// Stops every live trial and waits (up to `grace`) until their runners said they exited.
-fn shut_down(receiver: &Receiver<Inbound>, mut stops: HashMap<TrialId, watch::Sender<bool>>, grace: Duration) {
+/// Other messages are dropped (their reports answer STOP).
+fn shut_down(shared: &Shared, mut stops: HashMap<TrialId, watch::Sender<bool>>, grace: Duration) {
     for stop in stops.values() {
         let _ = stop.send(true);
     }
     let deadline = Instant::now() + grace;
     while !stops.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
-        match receiver.recv_timeout(left) {
-            Ok(Inbound::Event(Event::Exited { trial, .. }, _)) => {
+        if left.is_zero() {
+            break;
+        }
+        shared.wait_for_message(left);
+        for message in shared.take_all() {
+            if let Inbound::Event(Event::Exited { trial, .. }, _) = message {
                 stops.remove(&trial);
             }
-            Ok(_) => {}
-            Err(_) => break,
         }
     }
 }

@@ -35,6 +35,9 @@ pub enum Error {
     /// Replaying the event log did not reproduce the stored state: a bug, or a store edited by hand.
     #[error("replay diverged from the stored log: {0}")]
     ReplayDiverged(String),
+    /// A bug: handling the sweep's events panicked.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// SQLite failed.
     #[error("store: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -59,7 +62,9 @@ impl Error {
             Error::NotAStore { .. } | Error::NewerSchema { .. } | Error::NoStore(_) | Error::UnknownExperiment(_) => {
                 true
             }
-            Error::ReplayDiverged(_) | Error::Sqlite(_) | Error::Io { .. } | Error::Json(_) => false,
+            Error::ReplayDiverged(_) | Error::Internal(_) | Error::Sqlite(_) | Error::Io { .. } | Error::Json(_) => {
+                false
+            }
         }
     }
 
