@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyList};
+use pyo3::types::{PyBool, PyDict, PyList, PyString};
 use serde_json::Value;
 
 /// A JSON value as the Python object `json.loads` would give (NaN-free by construction).
@@ -32,11 +32,12 @@ pub fn value_to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, P
     })
 }
 
-/// A JSON object as a dict.
+/// A JSON object as a dict. Its keys are interned: parameter and metric names repeat in every
+/// trial, and each dict would otherwise hold copies of its own.
 pub fn map_to_py<'py>(py: Python<'py>, map: &serde_json::Map<String, Value>) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     for (key, value) in map {
-        dict.set_item(key, value_to_py(py, value)?)?;
+        dict.set_item(PyString::intern(py, key), value_to_py(py, value)?)?;
     }
     Ok(dict)
 }
@@ -45,7 +46,7 @@ pub fn map_to_py<'py>(py: Python<'py>, map: &serde_json::Map<String, Value>) -> 
 pub fn metrics_to_py<'py>(py: Python<'py>, metrics: &BTreeMap<String, f64>) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     for (name, value) in metrics {
-        dict.set_item(name, *value)?;
+        dict.set_item(PyString::intern(py, name), *value)?;
     }
     Ok(dict)
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyString};
 use tune_core::trial::TrialId;
 use tune_runtime::store::Store;
 use tune_sweep::Spec;
@@ -24,9 +24,14 @@ pub fn parse_trial_id(text: &str) -> PyResult<TrialId> {
 
 /// The experiment (the newest when `experiment` is None) with every trial, as a dict:
 /// `experiment`, `store`, `metric`, `mode`, `seed`, `status` (`finished`, or `interrupted`
-/// when it can be resumed), `end_cause`, `elapsed_s`, `best_trial` and `trials`, each trial a dict of `trial_id`,
+/// when it can be resumed), `end_cause`, `elapsed_s`, `spec`, `best_trial`, `trials_root` (the
+/// folder of the trial folders) and `trials`, each trial a tuple of [`TRIAL_FIELDS`]: `trial_id`,
 /// `status`, `config`, `step`, `metrics` (its last report), `best` (`(value, step)`), `error`,
-/// `launches`, `failures`, `trial_dir` and `checkpoints` (`[(step, path, value)]`, oldest first).
+/// `launches`, `failures` and `checkpoints` (`[(step, path, value)]`, oldest first).
+///
+/// Tuples rather than dicts, and status labels and dict keys shared among the trials: a
+/// 100,000-trial sweep's results are in memory twice while Python builds its `Result`s, and a
+/// dict per trial with its own key strings tripled their size.
 pub fn results_dict<'py>(py: Python<'py>, store_path: &Path, experiment: Option<&str>) -> PyResult<Bound<'py, PyDict>> {
     let store = Store::open(store_path).map_err(core_to_py_err)?;
     let info = store.experiment(experiment).map_err(core_to_py_err)?;
@@ -58,26 +63,26 @@ pub fn results_dict<'py>(py: Python<'py>, store_path: &Path, experiment: Option<
         "best_trial",
         tune_sweep::tuner::best_trial(&trials, spec.mode).map(|t| t.id.to_string()),
     )?;
+    out.set_item("trials_root", trials_root.display().to_string())?;
     let list = PyList::empty(py);
-    for trial in &trials {
-        let row = PyDict::new(py);
-        row.set_item("trial_id", trial.id.to_string())?;
-        row.set_item("status", trial.status.label())?;
-        row.set_item("config", map_to_py(py, &trial.config.0)?)?;
-        row.set_item("step", trial.last.as_ref().map(|r| r.step))?;
-        match &trial.last {
-            Some(report) => row.set_item("metrics", metrics_to_py(py, &report.metrics)?)?,
-            None => row.set_item("metrics", PyDict::new(py))?,
-        }
-        row.set_item("best", trial.best)?;
-        row.set_item("error", trial.error.as_deref())?;
-        row.set_item("launches", trial.launches)?;
-        row.set_item("failures", trial.failures)?;
-        row.set_item(
-            "trial_dir",
-            trials_root.join(trial.id.to_string()).display().to_string(),
-        )?;
-        row.set_item("checkpoints", checkpoints.remove(&trial.id).unwrap_or_default())?;
+    // Each trial's Rust copy is freed as soon as its Python one exists.
+    for trial in trials {
+        let metrics = match &trial.last {
+            Some(report) => metrics_to_py(py, &report.metrics)?,
+            None => PyDict::new(py),
+        };
+        let row = (
+            trial.id.to_string(),
+            PyString::intern(py, trial.status.label()),
+            map_to_py(py, &trial.config.0)?,
+            trial.last.as_ref().map(|r| r.step),
+            metrics,
+            trial.best,
+            trial.error.as_deref(),
+            trial.launches,
+            trial.failures,
+            checkpoints.remove(&trial.id).unwrap_or_default(),
+        );
         list.append(row)?;
     }
     out.set_item("trials", list)?;

@@ -10,12 +10,17 @@
 //! Two kinds of threads drive:
 //! - the driver thread ([`Driver::run`]), woken by messages posted from the async runtime (a
 //!   trial process's reports, exits, the server) and by a tick when nothing happens;
-//! - a trial thread reporting through [`TrialLink::report_blocking`] (Python trials, which
-//!   run on threads of their own). It posts its report and takes the lock itself: when the
-//!   lock is free it handles the batch on its own thread, and when another thread holds it,
-//!   that thread handles this report in its batch. Either way the answer comes without a hand-off
-//!   to another thread and back (two context switches per report, most of the engine's cost
-//!   for a trial that reports often), and reports that arrive together still share a commit.
+//! - a trial thread reporting through [`TrialLink::report_blocking`] or ending through
+//!   [`TrialLink::exited_blocking`] (Python trials, which run on threads of their own), when
+//!   its trial is the only one running and nothing else waits: it handles the batch itself.
+//!   The answer then comes without a hand-off to another thread and back (two context
+//!   switches per report, most of the engine's cost when one trial reports often), and an exit
+//!   launches the next trial before the thread returns. With other trials running, the thread
+//!   leaves its report to the driver thread, which commits the reports that arrive together in
+//!   one transaction.
+//!
+//! Whoever drives holds the right to drive (set under the mailbox's lock) until the mailbox is
+//! empty, so a message posted meanwhile is never left behind.
 //!
 //! The store's blocking writes never run on the async runtime's threads.
 //!

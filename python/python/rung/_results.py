@@ -43,23 +43,41 @@ class Result:
         path: the trial's folder.
     """
 
-    def __init__(self, row: dict, grid: "ResultGrid") -> None:
+    __slots__ = (
+        "_grid",
+        "trial_id",
+        "config",
+        "status",
+        "error",
+        "best",
+        "launches",
+        "failures",
+        "metrics",
+        "best_checkpoints",
+        "checkpoint",
+    )
+
+    def __init__(self, row: tuple, grid: "ResultGrid") -> None:
+        # The fields of rung._rung's results_dict, in order.
+        (trial_id, status, config, step, metrics, best, error, launches, failures, checkpoints) = row
         self._grid = grid
-        self.trial_id: str = row["trial_id"]
-        self.config: dict = row["config"]
-        self.status: str = row["status"]
-        self.error: Optional[str] = row["error"]
-        self.best: Optional["tuple[float, int]"] = row["best"]
-        self.launches: int = row["launches"]
-        self.failures: int = row["failures"]
-        self.path: str = row["trial_dir"]
-        metrics = dict(row["metrics"])
-        if row["step"] is not None:
-            metrics["step"] = row["step"]
+        self.trial_id: str = trial_id
+        self.config: dict = config
+        self.status: str = status
+        self.error: Optional[str] = error
+        self.best: Optional["tuple[float, int]"] = best
+        self.launches: int = launches
+        self.failures: int = failures
+        if step is not None:
+            metrics["step"] = step
         self.metrics: dict = metrics
-        checkpoints = row["checkpoints"]
         self.best_checkpoints: List["tuple[str, Optional[float]]"] = [(path, value) for _, path, value in checkpoints]
         self.checkpoint: Optional[str] = checkpoints[-1][1] if checkpoints else None
+
+    @property
+    def path(self) -> str:
+        """The trial's folder."""
+        return os.path.join(self._grid._trials_root, self.trial_id)
 
     def history(self) -> List[dict]:
         """Every report of the trial, in order: ``[{"step": 1, "loss": ...}, ...]``."""
@@ -99,6 +117,7 @@ class ResultGrid:
         self.end_cause: Optional[str] = data["end_cause"]
         self.elapsed_s: float = data["elapsed_s"]
         self._best_trial: Optional[str] = data["best_trial"]
+        self._trials_root: str = data["trials_root"]
         self._results = [Result(row, self) for row in data["trials"]]
         self._by_id = {r.trial_id: r for r in self._results}
 
