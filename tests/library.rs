@@ -499,8 +499,29 @@ async fn trial_threads_that_drive_the_controller_run_the_same_sweep_as_async_tri
             .unwrap()
     };
     // One trial at a time, a sweep is deterministic: the blocking path must decide exactly as
-    // the async one does, and store every report it answered.
-    let reference = sweep("async", 1)
+    // the async one does, and store every report it answered. On a current-thread runtime an
+    // in-process trial never blocks its thread, so every report goes through the driver thread.
+    let reference = sweep("async", 1);
+    let reference = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(reference.run(|mut trial| async move {
+            let curve = LearningCurve::from_config(trial.config()).unwrap();
+            for step in 1..=27 {
+                if trial.report(step, [("loss", curve.loss(step))]).await != Decision::Continue {
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        }))
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    // On this multi-thread runtime the same in-process trials drive the controller themselves.
+    let driving = sweep("driving", 1)
         .run(|mut trial| async move {
             let curve = LearningCurve::from_config(trial.config()).unwrap();
             for step in 1..=27 {
@@ -512,6 +533,7 @@ async fn trial_threads_that_drive_the_controller_run_the_same_sweep_as_async_tri
         })
         .await
         .unwrap();
+    assert_eq!(driving.status, reference.status);
     let threaded = sweep("threads", 1)
         .run_with_runner(|_, _, _| Ok(Arc::new(ThreadRunner { steps: 27 })))
         .await
@@ -520,6 +542,7 @@ async fn trial_threads_that_drive_the_controller_run_the_same_sweep_as_async_tri
     let expected = stored_reports(&dir.path().join("async.db"));
     assert!(expected.len() > 40, "ASHA let some trials past the first rung");
     assert_eq!(stored_reports(&dir.path().join("threads.db")), expected);
+    assert_eq!(stored_reports(&dir.path().join("driving.db")), expected);
 
     // Eight at once: threads drive in turn with the driver thread, and every trial ends.
     let busy = sweep("busy", 8)

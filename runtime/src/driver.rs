@@ -11,8 +11,9 @@
 //! - the driver thread ([`Driver::run`]), woken by messages posted from the async runtime (a
 //!   trial process's reports, exits, the server) and by a tick when nothing happens;
 //! - a trial thread reporting through [`TrialLink::report_blocking`] or ending through
-//!   [`TrialLink::exited_blocking`] (Python trials, which run on threads of their own), when
-//!   its trial is the only one running and nothing else waits: it handles the batch itself.
+//!   [`TrialLink::exited_blocking`] (Python trials, which run on threads of their own; Rust
+//!   in-process trials, from `block_in_place`), when its trial is the only one running and
+//!   nothing else waits ([`TrialLink::would_drive`]): it handles the batch itself.
 //!   The answer then comes without a hand-off to another thread and back (two context
 //!   switches per report, most of the engine's cost when one trial reports often), and an exit
 //!   launches the next trial before the thread returns. With other trials running, the thread
@@ -334,6 +335,14 @@ impl TrialLink {
             }
         }
         answer.blocking_recv().unwrap_or(Decision::Stop)
+    }
+
+    /// Whether a report now would be handled on the reporting thread: nobody drives, nothing
+    /// waits, and this trial runs alone. A hint (the answer may change at once), for an async
+    /// trial choosing between [`TrialLink::report`] and [`TrialLink::report_blocking`].
+    pub fn would_drive(&self) -> bool {
+        let mailbox = lock(&self.shared.mailbox);
+        !mailbox.driving && mailbox.queue.is_empty() && self.shared.live.load(Ordering::Relaxed) <= 1
     }
 
     fn reported(&self, report: Report, checkpoint: Option<String>, reply: oneshot::Sender<Decision>) -> Inbound {

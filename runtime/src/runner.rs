@@ -140,7 +140,12 @@ impl Runner for ProcessRunner {
         tokio::spawn(async move {
             let mut link = link;
             let outcome = run_process(&config, &launch, &mut link).await;
-            link.exited(outcome);
+            if link.would_drive() && on_multi_thread_runtime() {
+                // Alone: the exit is handled, and the next trial launched, on this thread.
+                tokio::task::block_in_place(|| link.exited_blocking(outcome));
+            } else {
+                link.exited(outcome);
+            }
         });
     }
 }
@@ -747,12 +752,26 @@ impl TrialContext {
         } else {
             None
         };
-        let decision = self.link.report(Report { step, metrics }, checkpoint).await;
+        let report = Report { step, metrics };
+        // A trial that runs alone commits its own report (see `driver`), on a thread that may
+        // block: no hand-off to the driver thread and back.
+        let decision = if self.link.would_drive() && on_multi_thread_runtime() {
+            tokio::task::block_in_place(|| self.link.report_blocking(report, checkpoint))
+        } else {
+            self.link.report(report, checkpoint).await
+        };
         if decision != Decision::Continue {
             self.stopped = true;
         }
         decision
     }
+}
+
+/// Whether this task may block its thread with `block_in_place` (not on a current-thread
+/// runtime, where that would stall every other task).
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// Why an in-process launch could not start.
@@ -876,7 +895,12 @@ where
                     reason: format!("cancelled: {join}"),
                 },
             };
-            link.exited(outcome);
+            if link.would_drive() && on_multi_thread_runtime() {
+                // Alone: the exit is handled, and the next trial launched, on this thread.
+                tokio::task::block_in_place(|| link.exited_blocking(outcome));
+            } else {
+                link.exited(outcome);
+            }
         });
     }
 }
