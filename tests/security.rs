@@ -397,7 +397,7 @@ fn a_worker_cannot_make_the_server_delete_outside_the_trials_checkpoint_root() {
 // ---- 9: limits ----------------------------------------------------------------------------------
 
 #[test]
-fn a_report_with_too_many_metrics_or_too_long_a_name_is_refused_naming_the_limit() {
+fn a_report_with_too_many_metrics_too_long_a_name_or_too_large_a_step_is_refused_naming_the_limit() {
     let _deadline = common::deadline(Duration::from_secs(120));
     let _light = common::light();
     let sandbox = Sandbox::new();
@@ -411,6 +411,7 @@ i=0; while [ $i -lt 1500 ]; do printf ', "metric_with_a_long_name_%s": 1' "$i"; 
 printf '}\n'
 name=$(head -c 300 /dev/zero | tr '\0' 'n')
 printf 'rung:report {"loss": -2, "%s": 1}\n' "$name"
+printf 'rung:report {"loss": -3, "step": 9223372036854775808}\n'
 printf 'rung:report {"loss": %s}\n' "$1"
 "#,
     );
@@ -436,4 +437,10 @@ printf 'rung:report {"loss": %s}\n' "$1"
         &log[..log.len().min(2000)]
     );
     assert!(log.contains("at most 256 are accepted"));
+    // A step the store's signed integers cannot hold (it would sort before step 0).
+    assert!(
+        log.contains("\"step\" must be an integer from 0 to 9223372036854775807, got 9223372036854775808"),
+        "{}",
+        &log[..log.len().min(2000)]
+    );
 }

@@ -103,3 +103,18 @@ def test_ctrl_c_stops_cleanly_and_leaves_a_resumable_store(tmp_path: Path) -> No
     interrupted = rung.ResultGrid.load(storage)
     assert interrupted.status == "interrupted"
     check_resumed(storage, log, interrupted)
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_stops_like_ctrl_c_then_ends_the_process_by_sigterm(tmp_path: Path) -> None:
+    child, storage, log = start_sweep(tmp_path)
+    wait_for_completed(storage, child, 2)
+    child.send_signal(signal.SIGTERM)
+    out, err = child.communicate(timeout=60)
+    # The supervisor sees the process end by its signal, after the graceful stop.
+    assert child.returncode == -signal.SIGTERM and "fit returned" not in out, (child.returncode, err)
+    assert "terminated (SIGTERM): stopping the running trials" in err
+    assert "interrupted; carry on with rung.Tuner.restore(" in err
+    interrupted = rung.ResultGrid.load(storage)
+    assert interrupted.status == "interrupted"
+    check_resumed(storage, log, interrupted)

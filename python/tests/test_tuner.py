@@ -232,6 +232,12 @@ def test_bad_reports_fail_the_trial_with_a_clear_message(storage: str) -> None:
     results = rung.Tuner(train, param_space={}, metric="loss", storage_path=storage, verbose=0).fit()
     assert "metric 'phase' must be a number, got str" in results.errors[0][1]
 
+    def beyond(config):
+        rung.report({"loss": 1.0, "step": 2**63})
+
+    results = rung.Tuner(beyond, param_space={}, metric="loss", storage_path=storage, verbose=0).fit()
+    assert "step must be an integer from 0 to 9223372036854775807, got 9223372036854775808" in results.errors[0][1]
+
 
 def test_report_outside_a_trial_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="outside a trial"):

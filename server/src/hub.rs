@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tune_core::controller::{Launch, Outcome, Progress};
-use tune_core::protocol::check_metric_limits;
+use tune_core::protocol::{MAX_STEP, check_metric_limits};
 use tune_core::resources::{Inventory, ResourceRequest};
 use tune_core::trial::{Decision, Metrics, Report, TrialId};
 use tune_proto::v1;
@@ -494,6 +494,11 @@ impl Hub {
         metrics: &HashMap<String, f64>,
         checkpoint: &str,
     ) -> Result<Result<std::pin::Pin<Box<dyn Future<Output = Decision> + Send>>, Decision>, Refusal> {
+        if step > MAX_STEP {
+            return Err(Refusal::Invalid(format!(
+                "step {step} is larger than {MAX_STEP}, the largest step the store keeps"
+            )));
+        }
         let metrics = validate_metrics(metrics)?;
         let worker_lease = self.worker_lease;
         let live = self.live_mut(reference, agent)?;

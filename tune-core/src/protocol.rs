@@ -21,6 +21,10 @@ pub const MAX_METRICS_PER_REPORT: usize = 1000;
 /// The longest metric name, in bytes.
 pub const MAX_METRIC_NAME_BYTES: usize = 256;
 
+/// The largest step a report may carry: the store keeps steps as SQLite's signed 64-bit
+/// integers, and a larger one would sort before step 0.
+pub const MAX_STEP: u64 = i64::MAX as u64;
+
 /// A report line, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportLine {
@@ -46,8 +50,8 @@ pub enum ReportLineError {
     /// The payload is JSON but not an object.
     #[error("expected a JSON object")]
     NotAnObject,
-    /// `step` is not a non-negative integer.
-    #[error("\"step\" must be a non-negative integer, got {got}")]
+    /// `step` is not a non-negative integer of at most [`MAX_STEP`].
+    #[error("\"step\" must be an integer from 0 to {MAX_STEP}, got {got}")]
     BadStep {
         /// The value given.
         got: serde_json::Value,
@@ -130,6 +134,7 @@ fn parse_payload(payload: &str) -> Result<ReportLine, ReportLineError> {
                             .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.0e15)
                             .map(|f| f as u64)
                     })
+                    .filter(|step| *step <= MAX_STEP)
                     .ok_or_else(|| ReportLineError::BadStep { got: value.clone() })?;
                 line.step = Some(step);
             }
@@ -268,7 +273,21 @@ mod tests {
         );
         assert_eq!(
             why(r#"rung:report {"step": -1, "loss": 1}"#),
-            Some(Err("\"step\" must be a non-negative integer, got -1".into()))
+            Some(Err(
+                "\"step\" must be an integer from 0 to 9223372036854775807, got -1".into()
+            ))
+        );
+        // 2^63 would be stored as a negative integer and sort before step 0.
+        assert_eq!(
+            why(r#"rung:report {"step": 9223372036854775808, "loss": 1}"#),
+            Some(Err(
+                "\"step\" must be an integer from 0 to 9223372036854775807, got 9223372036854775808".into()
+            ))
+        );
+        assert!(
+            why(r#"rung:report {"step": 9223372036854775807, "loss": 1}"#)
+                .unwrap()
+                .is_ok()
         );
     }
 }

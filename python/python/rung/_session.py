@@ -33,6 +33,10 @@ class _TrialStopped(BaseException):
         self.decision = decision
 
 
+# The largest step the store keeps (a signed 64-bit integer in SQLite).
+_MAX_STEP = 2**63 - 1
+
+
 def _metrics(metrics: Mapping[str, Any], last_step: int) -> "tuple[int, dict[str, float]]":
     if not isinstance(metrics, Mapping):
         raise TypeError(f"rung.report: metrics must be a dict, got {type(metrics).__name__}")
@@ -42,8 +46,8 @@ def _metrics(metrics: Mapping[str, Any], last_step: int) -> "tuple[int, dict[str
         if not isinstance(name, str):
             raise TypeError(f"rung.report: metric names must be strings, got {name!r}")
         if name == "step":
-            if isinstance(value, bool) or not float(value).is_integer() or value < 0:
-                raise ValueError(f"rung.report: step must be a non-negative integer, got {value!r}")
+            if isinstance(value, bool) or not float(value).is_integer() or not 0 <= value <= _MAX_STEP:
+                raise ValueError(f"rung.report: step must be an integer from 0 to {_MAX_STEP}, got {value!r}")
             step = int(value)
             continue
         if isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 from . import _progress, _rung, _session
 from ._results import ResultGrid
@@ -220,12 +222,16 @@ class Tuner:
         runner = self._executor(self._trainable, display, sweep)
         runner.start()
         try:
-            while not sweep.wait(0.05):
-                display.update(sweep.progress())
-        except KeyboardInterrupt:
-            runner.closing = True
-            self._interrupt(sweep, display)
-            raise
+            with _sigterm_stops_the_sweep():
+                try:
+                    while not sweep.wait(0.05):
+                        display.update(sweep.progress())
+                except KeyboardInterrupt as stop:
+                    runner.closing = True
+                    self._interrupt(
+                        sweep, display, "terminated (SIGTERM)" if isinstance(stop, _Terminated) else "interrupted"
+                    )
+                    raise
         finally:
             runner.done = True
         result = sweep.result()
@@ -236,8 +242,8 @@ class Tuner:
         self._spec_json = None
         return ResultGrid(result)
 
-    def _interrupt(self, sweep: Any, display: Any) -> None:
-        display.message("interrupted: stopping the running trials (Ctrl-C again to quit at once)")
+    def _interrupt(self, sweep: Any, display: Any, why: str) -> None:
+        display.message(f"{why}: stopping the running trials (Ctrl-C again to quit at once)")
         sweep.interrupt()
         while not sweep.wait(0.05):
             pass
@@ -252,6 +258,40 @@ class Tuner:
             )
         finally:
             sweep.close()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during ``fit()``, handled as the first Ctrl-C is."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_sweep() -> Iterator[None]:
+    """SIGTERM (systemd, Kubernetes, Slurm, ``timeout``) stops the sweep as Ctrl-C does: the
+    running trials get their graceful stop and the store stays resumable. Then the process
+    ends by SIGTERM, as its supervisor expects; a second SIGTERM ends it at once.
+
+    Only on the main thread (where Python runs signal handlers), and only when nobody else
+    installed a SIGTERM handler: a program that handles SIGTERM itself keeps its own."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
+        signal.SIG_DFL,
+        None,
+    ):
+        yield
+        return
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _agree(setting: str, *values: Optional[str]) -> Optional[str]:
