@@ -853,3 +853,42 @@ fn agent_health_endpoint_is_ready_only_while_it_has_a_session() {
     wait_for("/ready", "503 Service Unavailable");
     assert!(http_status(&address, "/live").contains("200 OK"));
 }
+
+#[test]
+fn an_experiment_that_cannot_resume_is_marked_failed_and_the_server_serves_the_rest() {
+    let _deadline = common::deadline(Duration::from_secs(120));
+    let _group = common::light();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // An unfinished experiment that cannot resume before its driver even starts: another
+    // process holds its lock (as a `rung resume` of the same store would).
+    {
+        let mut store = Store::open_or_create(&dir.join("server.db")).unwrap();
+        let spec = r#"{"name": "stuck", "metric": "loss", "mode": "min", "seed": 1, "max_concurrent": 1,
+            "space": {"lr": {"uniform": [0.0, 1.0]}}}"#;
+        store.create_experiment("stuck", spec, 1).unwrap();
+    }
+    let _held = rung::tune_runtime::driver::ExperimentLock::acquire(&dir.join("server_trials/stuck"), "stuck").unwrap();
+    let spec = ask_spec(dir, 2);
+    let (server, url) = serve(dir, "127.0.0.1:0", &[spec.to_str().unwrap()]);
+    let stuck = status(&plain(&url), "stuck");
+    assert_eq!(stuck.state, "failed", "{stuck:?}");
+    assert!(
+        stuck.end_cause.contains("could not be resumed")
+            && stuck
+                .end_cause
+                .contains("is being run by another rung process right now"),
+        "{stuck:?}"
+    );
+    // The other experiment was started and is served.
+    let ask = status(&plain(&url), "ask");
+    assert_eq!(ask.state, "running", "{ask:?}\n{}", server.dump());
+    assert!(
+        server.dump().contains("experiment \"stuck\" could not be resumed"),
+        "{}",
+        server.dump()
+    );
+    // The store still holds it unfinished, to resume once the cause is fixed.
+    let store = Store::open(&dir.join("server.db")).unwrap();
+    assert!(!store.experiment(Some("stuck")).unwrap().is_finished());
+}

@@ -24,6 +24,9 @@ use crate::error::{Error, Result};
 use tune_core::controller::{Event, Record};
 use tune_core::trial::{Report, TrialId, TrialStatus, metrics_serde};
 
+/// How long a group commit keeps trying while another process holds the store's write lock.
+pub const MAX_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// `PRAGMA application_id` of rung stores ("RUNG").
 pub const APPLICATION_ID: i32 = 0x5255_4E47;
 
@@ -384,10 +387,38 @@ impl Store {
 
     /// Writes a batch in one transaction, which has gone as far as `flush` says when this
     /// returns (at most one fsync for all of it).
+    ///
+    /// Another process writing to the same store (a second sweep sharing it) can hold the write
+    /// lock past SQLite's busy timeout: the batch is then written again, with a warning, for up
+    /// to [`MAX_BUSY_WAIT`], rather than failing the sweep over a lock that is about to go.
     pub fn commit(&mut self, experiment: i64, batch: &Batch, flush: Flush) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
+        loop {
+            match self.write(experiment, batch, flush) {
+                Err(Error::Sqlite(error)) if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                    if started.elapsed() >= MAX_BUSY_WAIT {
+                        return Err(Error::Sqlite(error));
+                    }
+                    tracing::warn!(
+                        store = %self.path.display(),
+                        waited_s = started.elapsed().as_secs(),
+                        "the store is locked by another writer; writing the batch again"
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Sets how long one write waits for another writer's lock before it is retried.
+    pub fn set_busy_timeout(&self, timeout: std::time::Duration) -> Result<()> {
+        Ok(self.conn.busy_timeout(timeout)?)
+    }
+
+    fn write(&mut self, experiment: i64, batch: &Batch, flush: Flush) -> Result<()> {
         if self.flush != flush {
             self.conn.pragma_update(None, "synchronous", flush.synchronous())?;
             self.flush = flush;
@@ -766,6 +797,33 @@ mod tests {
             2,
             "the last event's time"
         );
+    }
+
+    #[test]
+    fn a_commit_waits_out_another_writer_s_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = Store::open_or_create(&path).unwrap();
+        let experiment = store.create_experiment("x", "{}", 1).unwrap();
+        store.set_busy_timeout(std::time::Duration::from_millis(20)).unwrap();
+        // Another process's sweep holds the write lock for a while (many busy timeouts).
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        let batch = Batch {
+            events: vec![LoggedEvent {
+                seq: 1,
+                at_ms: 1,
+                event: Event::Tick,
+            }],
+            records: Vec::new(),
+        };
+        store.commit(experiment.id, &batch, Flush::Os).unwrap();
+        holder.join().unwrap();
+        assert_eq!(store.events(experiment.id).unwrap(), batch.events);
     }
 
     #[test]

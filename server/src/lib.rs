@@ -140,7 +140,27 @@ pub async fn serve(
         hub.experiments.insert(info.name.clone(), entry);
     }
     for name in &resuming {
-        start_experiment(&shared, Start::Resume(name.clone())).await?;
+        if let Err(error) = start_experiment(&shared, Start::Resume(name.clone())).await {
+            // One experiment that cannot go on (a stored setting refused, its object storage
+            // down, its lock held elsewhere) must not keep the server and the others from running.
+            eprintln!(
+                "[rung] experiment \"{name}\" could not be resumed: {error}; the server runs without it (it stays \
+                 unfinished in the store: fix the cause and restart the server to resume it)"
+            );
+            let Some(info) = existing.iter().find(|e| &e.name == name) else {
+                continue;
+            };
+            let Ok(spec) = serde_json::from_str::<Spec>(&info.spec) else {
+                continue;
+            };
+            let progress = stored_progress(&shared.config.db, info.id, &spec)
+                .await
+                .unwrap_or_default();
+            let mut entry = experiment_entry(&shared.config.db, info, Arc::new(spec), progress);
+            entry.state = RunState::Failed(format!("could not be resumed: {error}"));
+            shared.hub().experiments.insert(info.name.clone(), entry);
+            continue;
+        }
         eprintln!("[rung] experiment \"{name}\" resumed");
     }
     for spec in specs {
