@@ -618,6 +618,7 @@ mod tests {
             time_budget: None,
             target: None,
             max_failures: 0,
+            max_lost: 3,
             max_failed_trials: None,
             checkpoint_keep: None,
         };

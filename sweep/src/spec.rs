@@ -106,6 +106,9 @@ pub struct TrialSpec {
     /// Retries per trial after a failure, each from its last checkpoint.
     #[serde(default)]
     pub max_failures: u32,
+    /// Launches of a trial lost in a row (its agent gone) before it ends as errored; at least 1.
+    #[serde(default = "default_max_lost")]
+    pub max_lost: u32,
     /// Keep the N best checkpoints of each trial (and its most recent); all when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_keep: Option<usize>,
@@ -207,6 +210,7 @@ impl Default for TrialSpec {
         TrialSpec {
             command: Vec::new(),
             max_failures: 0,
+            max_lost: default_max_lost(),
             checkpoint_keep: None,
             checkpoint_storage: None,
             stop_grace_s: default_stop_grace(),
@@ -227,6 +231,9 @@ fn default_name() -> String {
 }
 fn default_num_samples() -> i64 {
     1
+}
+fn default_max_lost() -> u32 {
+    3
 }
 fn default_stop_grace() -> f64 {
     10.0
@@ -415,6 +422,9 @@ impl Spec {
                 return bad("trial.resources", error.to_string());
             }
         }
+        if self.trial.max_lost == 0 {
+            return bad("trial.max_lost", "must be at least 1, got 0".into());
+        }
         if self.max_failed_trials == Some(0) {
             return bad("max_failed_trials", "must be at least 1, got 0".into());
         }
@@ -530,6 +540,7 @@ impl Spec {
             time_budget: self.time_budget()?,
             target: self.target,
             max_failures: self.trial.max_failures,
+            max_lost: self.trial.max_lost,
             max_failed_trials: self.max_failed_trials,
             checkpoint_keep: self.trial.checkpoint_keep,
         })
@@ -649,6 +660,10 @@ stop_grace_s = 10
         assert_eq!(
             check("max_concurrent = 4", "max_concurrent = 0"),
             "setting \"max_concurrent\": must be at least 1, got 0"
+        );
+        assert_eq!(
+            check("checkpoint_keep = 2", "checkpoint_keep = 2\nmax_lost = 0"),
+            "setting \"trial.max_lost\": must be at least 1, got 0"
         );
         assert_eq!(
             check("checkpoint_keep = 2", "checkpoint_keep = 0"),

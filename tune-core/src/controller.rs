@@ -34,6 +34,10 @@ pub struct ControllerConfig {
     pub target: Option<f64>,
     /// Retries per trial after a failure, each from its last checkpoint.
     pub max_failures: u32,
+    /// Launches of a trial lost in a row (their machine gone) before it ends as errored: a
+    /// trial that takes its agents down with it must not be relaunched without end. A launch
+    /// that reports a new step resets the count.
+    pub max_lost: u32,
     /// End the sweep once this many trials have errored.
     pub max_failed_trials: Option<u64>,
     /// Keep this many best checkpoints per trial (plus the most recent); `None` keeps all.
@@ -320,6 +324,8 @@ struct TrialState {
     /// Whether a process (or closure) of this trial holds a slot.
     alive: bool,
     failures: u32,
+    /// Launches lost in a row, without a new step reported since.
+    lost_in_a_row: u32,
     launches: u32,
     last: Option<Report>,
     best: Option<(f64, u64)>,
@@ -620,6 +626,7 @@ impl Controller {
             None => {}
         }
         state.last = Some(report.clone());
+        state.lost_in_a_row = 0; // this launch made progress
         commands.push(Command::Persist(Record::Report {
             trial,
             report: report.clone(),
@@ -801,7 +808,18 @@ impl Controller {
                 self.finish_trial(trial, TrialStatus::Errored, Some(error), commands);
             }
             Outcome::Success => self.finish_trial(trial, TrialStatus::Terminated(EndReason::Completed), None, commands),
-            Outcome::Lost { .. } if self.ending.is_none() => self.launch(trial, commands),
+            Outcome::Lost { reason } if self.ending.is_none() => {
+                state.lost_in_a_row += 1;
+                if state.lost_in_a_row < self.config.max_lost {
+                    self.launch(trial, commands);
+                } else {
+                    let error = format!(
+                        "{reason} ({} launches in a row lost; max_lost is {})",
+                        state.lost_in_a_row, self.config.max_lost
+                    );
+                    self.finish_trial(trial, TrialStatus::Errored, Some(error), commands);
+                }
+            }
             Outcome::Lost { reason } | Outcome::Failed { reason } => {
                 state.failures += 1;
                 if state.failures <= self.config.max_failures && self.ending.is_none() {
@@ -923,6 +941,7 @@ impl Controller {
                         config,
                         alive: false,
                         failures: 0,
+                        lost_in_a_row: 0,
                         launches: 0,
                         last: None,
                         best: None,

@@ -45,6 +45,7 @@ fn config() -> ControllerConfig {
         time_budget: None,
         target: None,
         max_failures: 1,
+        max_lost: 3,
         max_failed_trials: None,
         checkpoint_keep: None,
     }
@@ -180,6 +181,35 @@ fn a_lost_machine_relaunches_from_the_checkpoint_without_counting_a_failure() {
     assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Running));
     c.handle(&exit(1, Outcome::Success), T0);
     assert_eq!(c.status(TrialId(1)), terminated(EndReason::Completed));
+}
+
+#[test]
+fn a_trial_lost_max_lost_times_in_a_row_ends_errored_and_progress_resets_the_count() {
+    let mut c = started(ControllerConfig {
+        max_trials: Some(1),
+        max_lost: 3,
+        ..config()
+    });
+    let lost = || Outcome::Lost {
+        reason: "agent a1 lost".into(),
+    };
+    c.handle(&exit(1, lost()), T0);
+    c.handle(&exit(1, lost()), T0);
+    // A launch that reports a new step resets the count: two more losses are tolerated.
+    c.handle(&reported(1, 1, 0.5, None), T0);
+    assert_eq!(launches(&c.handle(&exit(1, lost()), T0)).len(), 1);
+    assert_eq!(launches(&c.handle(&exit(1, lost()), T0)).len(), 1);
+    let end = c.handle(&exit(1, lost()), T0);
+    assert!(launches(&end).is_empty(), "not relaunched a third time in a row");
+    assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Errored));
+    let error = end.iter().find_map(|c| match c {
+        Command::Persist(Record::Trial(row)) => row.error.clone(),
+        _ => None,
+    });
+    assert_eq!(
+        error.as_deref(),
+        Some("agent a1 lost (3 launches in a row lost; max_lost is 3)")
+    );
 }
 
 #[test]
