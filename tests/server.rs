@@ -508,8 +508,28 @@ fn external_workers_ask_report_idempotently_and_get_precise_errors() {
         // A retried report is acknowledged, not counted twice.
         let again = trials.report(report(1, 0.1)).await.unwrap().into_inner();
         assert!(again.duplicate);
+        // A retry sent while the report it repeats is not committed yet waits for that commit:
+        // with the store's write lock held here, neither is answered until it is released.
+        let lock = rusqlite::Connection::open(dir.join("server.db")).unwrap();
+        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let (mut original, request) = (trials.clone(), report(2, 0.4));
+        let sent = tokio::spawn(async move { original.report(request).await });
+        tokio::time::sleep(Duration::from_millis(200)).await; // the original is in the driver's batch
+        let (mut retry, request) = (trials.clone(), report(2, 0.4));
+        let mut retried = tokio::spawn(async move { retry.report(request).await });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut retried)
+                .await
+                .is_err(),
+            "a retry was acknowledged before the report it repeats was committed"
+        );
+        lock.execute_batch("COMMIT").unwrap();
+        let sent = sent.await.unwrap().unwrap().into_inner();
+        let retried = retried.await.unwrap().unwrap().into_inner();
+        assert!(retried.duplicate && !sent.duplicate);
+        assert_eq!(sent.decision, retried.decision);
         // Non-finite metrics, an unknown trial, a missing experiment.
-        let error = trials.report(report(2, f64::INFINITY)).await.unwrap_err();
+        let error = trials.report(report(3, f64::INFINITY)).await.unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
         assert!(error.message().contains("\"loss\" is inf"), "{error:?}");
         let mut unknown = report(1, 0.5);
@@ -540,14 +560,14 @@ fn external_workers_ask_report_idempotently_and_get_precise_errors() {
             .await
             .unwrap();
         // A report for a finished trial.
-        let error = trials.report(report(2, 0.4)).await.unwrap_err();
+        let error = trials.report(report(3, 0.4)).await.unwrap_err();
         assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error:?}");
     });
     let db = dir.join("server.db");
     let store = Store::open(&db).unwrap();
     let info = store.experiment(Some("ask")).unwrap();
     let reports = store.reports(info.id, None).unwrap();
-    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports.len(), 2, "{reports:?}");
     assert_eq!(reports[0].1.metrics["loss"], 0.5, "the first value stands");
     drop(server);
 }

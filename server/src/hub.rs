@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+use futures_util::future::Shared;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tune_core::controller::{Launch, Outcome, Progress};
 use tune_core::protocol::{MAX_STEP, check_metric_limits};
@@ -25,6 +27,9 @@ use crate::packing::{Allocation, Cluster, Unplaceable};
 
 /// A trial of an experiment.
 pub type TrialKey = (String, TrialId);
+
+/// Resolves to the driver's decision on a report, once the report is committed.
+pub type Answer = std::pin::Pin<Box<dyn Future<Output = Decision> + Send>>;
 
 /// Where a live launch is.
 #[derive(Debug, Clone)]
@@ -111,6 +116,9 @@ pub struct Live {
     pub last_step: Option<u64>,
     /// The decision the newest answered report got.
     pub last_decision: Decision,
+    /// The newest report's decision, to be shared with retries of it: a retry is answered
+    /// only once the report it repeats is committed.
+    pub pending: Option<Shared<Answer>>,
     /// The driver asked it to stop.
     pub stopping: bool,
 }
@@ -317,6 +325,7 @@ impl Hub {
                 place,
                 last_step: None,
                 last_decision: Decision::Continue,
+                pending: None,
                 stopping: false,
             },
         );
@@ -493,7 +502,7 @@ impl Hub {
         step: u64,
         metrics: &HashMap<String, f64>,
         checkpoint: &str,
-    ) -> Result<Result<std::pin::Pin<Box<dyn Future<Output = Decision> + Send>>, Decision>, Refusal> {
+    ) -> Result<Result<Answer, Answer>, Refusal> {
         if step > MAX_STEP {
             return Err(Refusal::Invalid(format!(
                 "step {step} is larger than {MAX_STEP}, the largest step the store keeps"
@@ -504,12 +513,17 @@ impl Hub {
         let live = self.live_mut(reference, agent)?;
         if let Place::Asked { deadline, .. } = &mut live.place {
             if live.stopping {
-                return Ok(Err(Decision::Stop));
+                return Ok(Err(Box::pin(std::future::ready(Decision::Stop))));
             }
             *deadline = Instant::now() + worker_lease;
         }
         if live.last_step.is_some_and(|last| step <= last) {
-            return Ok(Err(live.last_decision));
+            // A retry (or an older step): its answer waits for the newest report's commit, so
+            // nothing is acknowledged before it is in the store.
+            return Ok(Err(match &live.pending {
+                Some(pending) => Box::pin(pending.clone()),
+                None => Box::pin(std::future::ready(live.last_decision)),
+            }));
         }
         if !checkpoint.is_empty() {
             self.confine_checkpoint(reference, checkpoint)?;
@@ -517,9 +531,10 @@ impl Hub {
         let live = self.live_mut(reference, agent)?;
         live.last_step = Some(step);
         let checkpoint = (!checkpoint.is_empty()).then(|| checkpoint.to_owned());
-        Ok(Ok(Box::pin(
-            live.link.send_report(Report { step, metrics }, checkpoint),
-        )))
+        let answer: Answer = Box::pin(live.link.send_report(Report { step, metrics }, checkpoint));
+        let answer = answer.shared();
+        live.pending = Some(answer.clone());
+        Ok(Ok(Box::pin(answer)))
     }
 
     /// Remembers the decision the driver gave a report.

@@ -210,7 +210,7 @@ impl Trials for Service {
                 .hub()
                 .report(&reference, None, request.step, &request.metrics, &request.checkpoint)?;
         let (decision, duplicate) = match pending {
-            Err(decision) => (decision, true),
+            Err(repeated) => (repeated.await, true),
             Ok(future) => {
                 let decision = future.await;
                 let key = (reference.experiment.clone(), TrialId(reference.trial));
@@ -392,16 +392,13 @@ fn handle_agent_message(
                 .map(|pending| (reference, pending))
             });
             match answer {
-                Ok((reference, Ok(decision))) => Ok(Followup::Decide {
+                // A retry is acknowledged too only once the report it repeats is committed.
+                Ok((reference, Ok(decision) | Err(decision))) => Ok(Followup::Decide {
                     seq,
                     key: (reference.experiment, TrialId(reference.trial)),
                     step: report.step,
                     decision,
                 }),
-                Ok((_, Err(decision))) => {
-                    acknowledge(shared, agent, seq, decision);
-                    Ok(Followup::None)
-                }
                 Err(status) => {
                     // A report of a launch that is no longer this agent's: acknowledged (so the
                     // agent drops it) and answered STOP (so it stops what still runs).
