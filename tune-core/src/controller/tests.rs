@@ -51,6 +51,14 @@ fn config() -> ControllerConfig {
     }
 }
 
+/// The error of the first trial row the commands persist.
+fn persisted_error(commands: &[Command]) -> Option<String> {
+    commands.iter().find_map(|c| match c {
+        Command::Persist(Record::Trial(row)) => row.error.clone(),
+        _ => None,
+    })
+}
+
 fn controller(config: ControllerConfig) -> Controller {
     Controller::new(
         config,
@@ -202,10 +210,7 @@ fn a_trial_lost_max_lost_times_in_a_row_ends_errored_and_progress_resets_the_cou
     let end = c.handle(&exit(1, lost()), T0);
     assert!(launches(&end).is_empty(), "not relaunched a third time in a row");
     assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Errored));
-    let error = end.iter().find_map(|c| match c {
-        Command::Persist(Record::Trial(row)) => row.error.clone(),
-        _ => None,
-    });
+    let error = persisted_error(&end);
     assert_eq!(
         error.as_deref(),
         Some("agent a1 lost (3 launches in a row lost; max_lost is 3)")
@@ -229,10 +234,7 @@ fn missing_metric_errors_naming_it() {
     assert_eq!(decision(&c.handle(&accuracy, T0)), Some(Decision::Continue));
     let end = c.handle(&exit(1, Outcome::Success), T0);
     assert_eq!(c.status(TrialId(1)), Some(TrialStatus::Errored));
-    let error = end.iter().find_map(|c| match c {
-        Command::Persist(Record::Trial(row)) => row.error.clone(),
-        _ => None,
-    });
+    let error = persisted_error(&end);
     assert_eq!(
         error.as_deref(),
         Some("trial never reported the metric \"loss\" (it reported: accuracy)")
