@@ -372,10 +372,36 @@ fn a_killed_agent_s_trials_resume_elsewhere_and_a_restarted_controller_loses_not
     let mut doomed = agent(dir, &url, "doomed", 2, &[]);
     let keeper = agent(dir, &url, "keeper", 2, &[]);
 
-    // Kill one agent once it has run a few checkpoints' worth.
+    // Kill one agent once a trial it runs has a checkpoint in the store (on the ledger alone,
+    // the checkpoint of a step may still be on its way: synced, reported, committed).
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !ledger(dir).iter().any(|s| s.agent == "doomed" && s.step >= 4) {
-        assert!(Instant::now() < deadline, "the doomed agent never ran a trial");
+    let checkpointed_on_doomed = || {
+        let Ok(store) = Store::open(&dir.join("server.db")) else {
+            return false;
+        };
+        let Ok(info) = store.experiment(Some("survive")) else {
+            return false;
+        };
+        let running: Vec<String> = store
+            .trials(info.id)
+            .unwrap_or_default()
+            .iter()
+            .filter(|t| t.status.label() == "running")
+            .map(|t| t.id.to_string())
+            .collect();
+        let on_doomed: Vec<String> = ledger(dir)
+            .into_iter()
+            .filter(|s| s.agent == "doomed" && running.contains(&s.trial))
+            .map(|s| s.trial)
+            .collect();
+        store
+            .checkpoints(info.id)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| !c.deleted && on_doomed.contains(&c.trial.to_string()))
+    };
+    while !checkpointed_on_doomed() {
+        assert!(Instant::now() < deadline, "no trial of the doomed agent checkpointed");
         std::thread::sleep(Duration::from_millis(20));
     }
     doomed.kill();
