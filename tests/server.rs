@@ -577,14 +577,40 @@ fn external_workers_ask_report_idempotently_and_get_precise_errors() {
             .await
             .unwrap_err();
         assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error:?}");
-        trials
-            .finish(v1::FinishRequest {
+        // Finish, too, is answered only once the exit is committed.
+        let lock = rusqlite::Connection::open(dir.join("server.db")).unwrap();
+        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let (mut finisher, request) = (
+            trials.clone(),
+            v1::FinishRequest {
                 trial: Some(reference.clone()),
                 success: true,
                 reason: String::new(),
-            })
-            .await
+            },
+        );
+        let mut finished = tokio::spawn(async move { finisher.finish(request).await });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut finished)
+                .await
+                .is_err(),
+            "Finish was answered before the exit was committed"
+        );
+        lock.execute_batch("COMMIT").unwrap();
+        finished.await.unwrap().unwrap();
+        let store = Store::open(&dir.join("server.db")).unwrap();
+        let info = store.experiment(Some("ask")).unwrap();
+        let trial = rung::TrialId(reference.trial);
+        let row = store
+            .trials(info.id)
+            .unwrap()
+            .into_iter()
+            .find(|t| t.id == trial)
             .unwrap();
+        assert_eq!(
+            row.status.label(),
+            "completed",
+            "the exit is in the store when Finish returns"
+        );
         // A report for a finished trial.
         let error = trials.report(report(3, 0.4)).await.unwrap_err();
         assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error:?}");

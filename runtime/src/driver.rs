@@ -400,6 +400,24 @@ impl TrialLink {
         }
     }
 
+    /// Tells the driver the trial's run ended, and resolves once the exit is committed. Call
+    /// exactly once per launch (this, [`TrialLink::exited`] or [`TrialLink::exited_blocking`]).
+    pub fn exited_committed(self, outcome: Outcome) -> impl Future<Output = ()> + Send + 'static {
+        let (reply, committed) = oneshot::channel();
+        self.shared.post(Inbound::Event(
+            Event::Exited {
+                trial: self.trial,
+                outcome,
+            },
+            Some(reply),
+        ));
+        // The driver answers nothing to an exit: it drops the sender once the batch with the
+        // exit in it is committed (or the sweep is gone).
+        async move {
+            let _ = committed.await;
+        }
+    }
+
     /// Tells the driver the trial's run ended. Call exactly once per launch.
     pub fn exited(self, outcome: Outcome) {
         self.shared.post(Inbound::Event(
@@ -502,6 +520,9 @@ impl Core {
     fn handle(&mut self, shared: &Arc<Shared>, waiting: Vec<Inbound>) -> Result<()> {
         let mut batch = Batch::default();
         let mut replies = Vec::new();
+        // Senders of messages that get no answer (an exit waiting for its commit): dropped
+        // only once the batch is committed, which is what their receivers wait for.
+        let mut unanswered = Vec::new();
         let mut actions = Vec::new();
         let mut interrupted = false;
         for message in waiting {
@@ -540,6 +561,7 @@ impl Core {
                     other => actions.push(other),
                 }
             }
+            unanswered.extend(reply);
         }
         // A checkpoint the keep policy dropped is deleted only once the commit that stops
         // referencing it is on the disk: after a power loss the store must not point at a
@@ -555,6 +577,7 @@ impl Core {
         for (reply, decision) in replies {
             let _ = reply.send(decision);
         }
+        drop(unanswered);
         for action in actions {
             self.act(shared, action);
         }

@@ -109,7 +109,7 @@ pub struct Live {
     /// Reports go through this to the driver.
     pub link: TrialLink,
     /// Tells the launch's watcher how the run ended.
-    pub exit: Option<oneshot::Sender<Outcome>>,
+    pub exit: Option<oneshot::Sender<(Outcome, oneshot::Sender<()>)>>,
     /// Where it is.
     pub place: Place,
     /// The newest step sent to the driver, and the decision of the newest step answered.
@@ -259,6 +259,18 @@ pub enum Followup {
         /// Resolves to the driver's decision.
         decision: std::pin::Pin<Box<dyn Future<Output = Decision> + Send>>,
     },
+    /// Acknowledge message `seq` once `committed` resolves (an exit is in the store).
+    AcknowledgeAfter {
+        /// The message to acknowledge.
+        seq: u64,
+        /// Resolves once the exit is committed.
+        committed: oneshot::Receiver<()>,
+    },
+}
+
+/// The confirmation of an exit nobody waits for (the server ended the launch itself).
+fn nobody_waits() -> oneshot::Sender<()> {
+    oneshot::channel().0
 }
 
 /// The proto decision for a core one.
@@ -298,11 +310,20 @@ impl Hub {
     }
 
     /// Adds a launch: queued for an agent, or for an `Ask`.
-    pub fn add_launch(&mut self, experiment: &str, launch: Launch, link: TrialLink, exit: oneshot::Sender<Outcome>) {
+    pub fn add_launch(
+        &mut self,
+        experiment: &str,
+        launch: Launch,
+        link: TrialLink,
+        exit: oneshot::Sender<(Outcome, oneshot::Sender<()>)>,
+    ) {
         let Some(entry) = self.experiments.get_mut(experiment) else {
-            let _ = exit.send(Outcome::Failed {
-                reason: format!("experiment \"{experiment}\" is not served"),
-            });
+            let _ = exit.send((
+                Outcome::Failed {
+                    reason: format!("experiment \"{experiment}\" is not served"),
+                },
+                nobody_waits(),
+            ));
             return;
         };
         let trial = launch.trial;
@@ -585,7 +606,16 @@ impl Hub {
 
     /// A process of a launch ended (agent `exited`, or `Trials.Finish`). The launch ends when
     /// all its processes have; the first failure stops the others and is its outcome.
-    pub fn exited(&mut self, reference: &v1::TrialRef, agent: Option<&str>, outcome: Outcome) -> Result<(), Refusal> {
+    ///
+    /// Returns what resolves once the exit is committed (at once when the launch has other
+    /// processes still running, whose exits end it).
+    pub fn exited(
+        &mut self,
+        reference: &v1::TrialRef,
+        agent: Option<&str>,
+        outcome: Outcome,
+    ) -> Result<oneshot::Receiver<()>, Refusal> {
+        let (committed, done) = oneshot::channel();
         let key = (reference.experiment.clone(), TrialId(reference.trial));
         let live = self.live_mut(reference, agent)?;
         if let Place::Agent { left, failure, .. } = &mut live.place {
@@ -619,7 +649,7 @@ impl Hub {
                 {
                     agent.trials.remove(&key);
                 }
-                return Ok(());
+                return Ok(done); // `committed` is dropped: nothing to wait for
             }
         }
         let live = self
@@ -635,9 +665,9 @@ impl Hub {
         };
         self.release(&key, &live.place);
         if let Some(exit) = live.exit {
-            let _ = exit.send(outcome);
+            let _ = exit.send((outcome, committed));
         }
-        Ok(())
+        Ok(done)
     }
 
     fn release(&mut self, key: &TrialKey, place: &Place) {
@@ -863,12 +893,15 @@ impl Hub {
                     self.cluster.release(&held);
                 }
                 if let Some(exit) = live.exit {
-                    let _ = exit.send(Outcome::Lost {
-                        reason: format!(
-                            "agent {name} ({id}) was lost: no heartbeat for {:.0}s",
-                            lease.as_secs_f64()
-                        ),
-                    });
+                    let _ = exit.send((
+                        Outcome::Lost {
+                            reason: format!(
+                                "agent {name} ({id}) was lost: no heartbeat for {:.0}s",
+                                lease.as_secs_f64()
+                            ),
+                        },
+                        nobody_waits(),
+                    ));
                 }
             }
         }
@@ -895,9 +928,12 @@ impl Hub {
                 };
                 tracing::warn!(experiment = %entry.name, %trial, %worker, "a worker went silent: its trial is handed out again");
                 if let Some(exit) = live.exit {
-                    let _ = exit.send(Outcome::Lost {
-                        reason: format!("worker {worker} sent nothing for {:.0}s", lease.as_secs_f64()),
-                    });
+                    let _ = exit.send((
+                        Outcome::Lost {
+                            reason: format!("worker {worker} sent nothing for {:.0}s", lease.as_secs_f64()),
+                        },
+                        nobody_waits(),
+                    ));
                 }
                 expired += 1;
             }

@@ -487,7 +487,7 @@ struct ServerRunner {
 
 impl Runner for ServerRunner {
     fn launch(&self, launch: Launch, link: TrialLink) {
-        let (exit, mut exited) = oneshot::channel::<Outcome>();
+        let (exit, mut exited) = oneshot::channel::<(Outcome, oneshot::Sender<()>)>();
         let trial = launch.trial;
         self.shared
             .hub()
@@ -497,20 +497,25 @@ impl Runner for ServerRunner {
         let experiment = self.experiment.clone();
         tokio::spawn(async move {
             let mut link = link;
-            let outcome = tokio::select! {
-                outcome = &mut exited => outcome,
+            let ended = tokio::select! {
+                ended = &mut exited => ended.ok(),
                 () = link.stop_requested() => {
                     let now = shared.hub().stop_launch(&experiment, trial);
                     match now {
-                        Some(outcome) => Ok(outcome),
-                        None => exited.await,
+                        Some(outcome) => Some((outcome, oneshot::channel().0)),
+                        None => exited.await.ok(),
                     }
                 }
             };
             shared.place_now();
-            link.exited(outcome.unwrap_or(Outcome::Failed {
-                reason: "the server dropped the trial".into(),
-            }));
+            let (outcome, committed) = ended.unwrap_or_else(|| {
+                let reason = "the server dropped the trial".into();
+                (Outcome::Failed { reason }, oneshot::channel().0)
+            });
+            // Whoever reported the exit (a worker's Finish, an agent) is answered once it is
+            // committed: `committed` is dropped then.
+            link.exited_committed(outcome).await;
+            drop(committed);
         });
     }
 }

@@ -252,8 +252,10 @@ impl Trials for Service {
                 },
             }
         };
-        self.shared.hub().exited(&reference, None, outcome)?;
+        let committed = self.shared.hub().exited(&reference, None, outcome)?;
         self.shared.place_now();
+        // Answered once the exit is in the store, as a report is.
+        let _ = committed.await;
         Ok(Response::new(v1::FinishResponse {}))
     }
 }
@@ -339,6 +341,14 @@ impl Agents for Service {
                             }
                         });
                     }
+                    Ok(Followup::AcknowledgeAfter { seq, committed }) => {
+                        let shared = Arc::clone(&shared);
+                        let agent = agent.clone();
+                        tokio::spawn(async move {
+                            let _ = committed.await;
+                            acknowledge(&shared, &agent, seq, Decision::Stop);
+                        });
+                    }
                     Err(status) => {
                         tracing::warn!(%agent, %status, "refused a message of an agent");
                     }
@@ -421,9 +431,15 @@ fn handle_agent_message(
                 hub.renew(agent, Instant::now());
                 hub.exited(&reference, Some(agent), outcome).map_err(Status::from)
             });
-            acknowledge(shared, agent, seq, Decision::Stop);
             shared.place_now();
-            result.map(|()| Followup::None)
+            match result {
+                // Acknowledged once the exit is committed: until then the agent keeps it to resend.
+                Ok(committed) => Ok(Followup::AcknowledgeAfter { seq, committed }),
+                Err(status) => {
+                    acknowledge(shared, agent, seq, Decision::Stop);
+                    Err(status)
+                }
+            }
         }
     }
 }
