@@ -499,6 +499,27 @@ fn tokens_are_required_and_garbage_does_not_take_the_server_down() {
     assert_eq!(done.completed + done.stopped, 4);
 }
 
+/// The store's write lock, held by the test: the server's commits wait until it is released.
+struct WriteLock(rusqlite::Connection);
+
+impl WriteLock {
+    fn hold(db: &Path) -> Self {
+        let connection = rusqlite::Connection::open(db).unwrap();
+        connection.execute_batch("BEGIN IMMEDIATE").unwrap();
+        WriteLock(connection)
+    }
+
+    fn release(self) {
+        self.0.execute_batch("COMMIT").unwrap();
+    }
+}
+
+/// Asserts that `request` is still unanswered 300 ms on (it waits for a commit).
+async fn assert_unanswered<T>(request: &mut tokio::task::JoinHandle<T>, why: &str) {
+    let waited = tokio::time::timeout(Duration::from_millis(300), request).await;
+    assert!(waited.is_err(), "{why}");
+}
+
 #[test]
 fn external_workers_ask_report_idempotently_and_get_precise_errors() {
     let _deadline = common::deadline(Duration::from_secs(420));
@@ -536,20 +557,18 @@ fn external_workers_ask_report_idempotently_and_get_precise_errors() {
         assert!(again.duplicate);
         // A retry sent while the report it repeats is not committed yet waits for that commit:
         // with the store's write lock held here, neither is answered until it is released.
-        let lock = rusqlite::Connection::open(dir.join("server.db")).unwrap();
-        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let lock = WriteLock::hold(&dir.join("server.db"));
         let (mut original, request) = (trials.clone(), report(2, 0.4));
         let sent = tokio::spawn(async move { original.report(request).await });
         tokio::time::sleep(Duration::from_millis(200)).await; // the original is in the driver's batch
         let (mut retry, request) = (trials.clone(), report(2, 0.4));
         let mut retried = tokio::spawn(async move { retry.report(request).await });
-        assert!(
-            tokio::time::timeout(Duration::from_millis(300), &mut retried)
-                .await
-                .is_err(),
-            "a retry was acknowledged before the report it repeats was committed"
-        );
-        lock.execute_batch("COMMIT").unwrap();
+        assert_unanswered(
+            &mut retried,
+            "a retry was acknowledged before the report it repeats was committed",
+        )
+        .await;
+        lock.release();
         let sent = sent.await.unwrap().unwrap().into_inner();
         let retried = retried.await.unwrap().unwrap().into_inner();
         assert!(retried.duplicate && !sent.duplicate);
@@ -578,8 +597,7 @@ fn external_workers_ask_report_idempotently_and_get_precise_errors() {
             .unwrap_err();
         assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error:?}");
         // Finish, too, is answered only once the exit is committed.
-        let lock = rusqlite::Connection::open(dir.join("server.db")).unwrap();
-        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let lock = WriteLock::hold(&dir.join("server.db"));
         let (mut finisher, request) = (
             trials.clone(),
             v1::FinishRequest {
@@ -589,13 +607,8 @@ fn external_workers_ask_report_idempotently_and_get_precise_errors() {
             },
         );
         let mut finished = tokio::spawn(async move { finisher.finish(request).await });
-        assert!(
-            tokio::time::timeout(Duration::from_millis(300), &mut finished)
-                .await
-                .is_err(),
-            "Finish was answered before the exit was committed"
-        );
-        lock.execute_batch("COMMIT").unwrap();
+        assert_unanswered(&mut finished, "Finish was answered before the exit was committed").await;
+        lock.release();
         finished.await.unwrap().unwrap();
         let store = Store::open(&dir.join("server.db")).unwrap();
         let info = store.experiment(Some("ask")).unwrap();
